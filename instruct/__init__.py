@@ -1,0 +1,26 @@
+"""The Alpaca-style instruction format shared by the trainer, the judge and the dashboard.
+
+Everything here is plain Python (no torch), so the judge and the dashboard can use it on a
+machine without the GPU stack. It is the only code the three parts share; they otherwise meet
+through the documented files in docs/.
+"""
+
+from instruct.entries import (
+    EntryError,
+    format_input,
+    format_prompt,
+    read_entries,
+    RESPONSE_HEADER,
+)
+from instruct.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+__all__ = [
+    "EntryError",
+    "format_input",
+    "format_prompt",
+    "read_entries",
+    "RESPONSE_HEADER",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+]

@@ -1,0 +1,40 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written output.
+
+Write to a temporary file in the same directory, flush it to disk, then rename over the target:
+rename is atomic on POSIX file systems (and on NFS from one client).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import orjson
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj, indent: bool = True) -> None:
+    option = orjson.OPT_INDENT_2 if indent else 0
+    atomic_write_bytes(path, orjson.dumps(obj, option=option | orjson.OPT_SERIALIZE_NUMPY) + b"\n")

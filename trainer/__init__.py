@@ -1,0 +1,1 @@
+"""GPT-2 instruction fine-tuning: model, weights, tokenizer, data, generation, training."""
