@@ -1,0 +1,89 @@
+"""Instruction fine-tuning of GPT-2 with DeepSpeed.
+
+    deepspeed launch/train.py                       # the chapter's run: gpt2-medium, 2 epochs
+    deepspeed --hostfile hosts launch/train.py --model gpt2-xl --global-batch 64
+
+Thin on purpose: parse the flags into a TrainConfig, hand it to trainer.pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from trainer.config import TrainConfig  # noqa: E402
+
+DEFAULTS = TrainConfig()
+
+
+def parse_split(text: str) -> tuple[float, float]:
+    try:
+        train, test = (float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two fractions like 0.85,0.10, got '{text}'") from None
+    return train, test
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="deepspeed launch/train.py",
+        description="Instruction fine-tuning of GPT-2 (the chapter's run by default) with DeepSpeed ZeRO.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument_group("model and data")
+    a.add_argument("--model", default=DEFAULTS.model, choices=["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny"])
+    a.add_argument("--weights", default=DEFAULTS.weights, help="auto (download pretrained), none (random) or a path: model.safetensors, its directory, or a .pth")
+    a.add_argument("--data", default=DEFAULTS.data, help="instruction file (JSON list or JSONL), local path or http(s) URL")
+    a.add_argument("--tokenizer-dir", default=None, help="directory with GPT-2's encoder.json and vocab.bpe (offline use); or set GPT2_TOKENIZER_DIR")
+    a.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-<model>)")
+    a.add_argument("--split", type=parse_split, default=DEFAULTS.split, help="train,test fractions; validation is the rest")
+    a.add_argument("--max-length", type=int, default=DEFAULTS.max_length, help="tokens per example after which it is truncated")
+    a.add_argument("--mask-prompt", action="store_true", help="no loss on the instruction and input tokens")
+
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--epochs", type=int, default=DEFAULTS.epochs)
+    o.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    o.add_argument("--lr", type=float, default=DEFAULTS.lr)
+    o.add_argument("--weight-decay", type=float, default=DEFAULTS.weight_decay)
+    o.add_argument("--schedule", choices=["constant", "cosine"], default=DEFAULTS.schedule)
+    o.add_argument("--warmup-steps", type=int, default=DEFAULTS.warmup_steps)
+    o.add_argument("--grad-clip", type=float, default=DEFAULTS.grad_clip, help="max gradient norm; 0 = no clipping")
+    o.add_argument("--global-batch", type=int, default=DEFAULTS.global_batch, help="examples per optimizer step, over all ranks")
+    o.add_argument("--micro-batch", type=int, default=None, help="examples per forward on one rank (default global batch / world size)")
+    o.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=None, help="default: ds_config.json's")
+    o.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=DEFAULTS.precision, help="auto = bf16 on GPUs that support it, fp32 on CPU")
+    o.add_argument("--dropout", type=float, default=DEFAULTS.dropout)
+    o.add_argument("--seed", type=int, default=DEFAULTS.seed)
+
+    e = p.add_argument_group("evaluation, checkpoints, outputs")
+    e.add_argument("--eval-every", type=int, default=DEFAULTS.eval_every, help="steps between evaluations (0: only at epoch ends)")
+    e.add_argument("--eval-batches", type=int, default=DEFAULTS.eval_batches)
+    e.add_argument("--save-every", type=int, default=DEFAULTS.save_every, help="steps between checkpoints (0: at epoch ends only)")
+    e.add_argument("--keep-checkpoints", type=int, default=DEFAULTS.keep_checkpoints)
+    e.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="per test response")
+    e.add_argument("--max-bad-steps", type=int, default=DEFAULTS.max_bad_steps, help="non-finite losses in a row before the run stops")
+
+    r = p.add_argument_group("runtime")
+    r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest unfinished run under runs/)")
+    r.add_argument("--ds-config", default=DEFAULTS.ds_config, help="DeepSpeed config (ZeRO, bf16, communication)")
+    r.add_argument("--dist-timeout", type=float, default=DEFAULTS.dist_timeout, help="seconds a collective waits for a dead or hung rank")
+    r.add_argument("--dry-run", action="store_true", help="print sizes, steps and memory estimates, then exit")
+    r.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parser().parse_args(argv))
+    args.pop("local_rank")  # the environment's LOCAL_RANK says the same
+    config = TrainConfig(**args)
+
+    from trainer.pipeline import main as run_pipeline
+
+    return run_pipeline(config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Which examples go into which global batch, and which part of it each rank takes.
+
+The sequence of global batches is a pure function of (seed, epoch, global batch size): never of
+the world size. That is what lets a run resume on another number of ranks, and lets 1 rank x 8
+examples, 1 rank x 2 x 4 and 2 ranks x 4 compute the same step. Each rank takes a contiguous
+slice of every global batch and cuts it into micro-batches.
+
+As the chapter's DataLoader(shuffle=True, drop_last=True): the training order is reshuffled every
+epoch and an incomplete last batch is dropped. Evaluation uses every example, in order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
+    """The example indices of one epoch (epochs count from 1)."""
+    if not shuffle:
+        return list(range(num_examples))
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(num_examples, generator=generator).tolist()
+
+
+def global_batches(order: list[int], global_batch: int, drop_last: bool = True) -> list[list[int]]:
+    batches = [order[i : i + global_batch] for i in range(0, len(order), global_batch)]
+    if drop_last and batches and len(batches[-1]) < global_batch:
+        batches.pop()
+    return batches
+
+
+def rank_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
+    """This rank's contiguous share of a global batch (ranks differ by at most one example)."""
+    base, extra = divmod(len(batch), world_size)
+    start = rank * base + min(rank, extra)
+    return batch[start : start + base + (1 if rank < extra else 0)]
+
+
+def micro_batches(indices: list[int], micro_batch: int) -> list[list[int]]:
+    return [indices[i : i + micro_batch] for i in range(0, len(indices), micro_batch)]

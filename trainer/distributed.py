@@ -1,0 +1,74 @@
+"""The process group: start it, know who is where, and move small values between ranks.
+
+Started by the `deepspeed` launcher (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT in the
+environment) or as a single plain `python` process. gloo on CPU, nccl on NVIDIA GPUs, both chosen
+by DeepSpeed's accelerator. The timeout bounds how long a collective waits for a dead or hung rank
+(gloo's default is 30 minutes).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    hosts: list[str]  # one name per node, in node order
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init(timeout_s: float) -> DistInfo:
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket() as s:  # a lone process picks a free port of its own
+            s.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    deepspeed.init_distributed(timeout=timedelta(seconds=timeout_s), verbose=False)
+    accelerator = get_accelerator()
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if accelerator.device_name() == "cuda":
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    names: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(names, socket.gethostname())
+    hosts = list(dict.fromkeys(names))  # ranks are numbered node by node
+    return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), hosts, device)
+
+
+def broadcast_object(obj, src: int = 0):
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=src)
+    return holder[0]
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Sum a few floats over all ranks (float64, so token counts stay exact)."""
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,228 @@
+"""The training loop: global batches in, optimizer steps, evaluation and events out.
+
+One optimizer step = one global batch. Each rank takes its slice (trainer/batches.py), cuts it into
+micro-batches, and the step's loss is the mean over every non-ignored target token of the global
+batch. DeepSpeed's `engine.backward` would divide by the accumulation steps and its gradient
+reduction averages over ranks, so each micro-batch's summed loss is scaled by
+world_size / global_tokens and passed with scale_wrt_gas=False: the gradient that reaches the
+optimizer is then exactly d(sum of token losses)/dw / global_tokens.
+
+A non-finite loss on any rank skips the whole global batch (no backward, no optimizer step, no
+schedule step, no step count): all of a rank's micro-batches are forwarded before the first
+backward, so the ranks can agree (one all-reduce) before any gradient exists. With gradient
+accumulation this holds the activations of a rank's micro-batches of one step at once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from trainer import distributed
+from trainer.batches import epoch_order, global_batches, micro_batches, rank_slice
+from trainer.config import BatchLayout, TrainConfig
+from trainer.loss import target_count, token_loss_sum
+
+SAMPLE_NEW_TOKENS = 50  # the chapter's generate_and_print_sample
+
+
+@dataclass
+class Progress:
+    """Where the run stands; saved with every checkpoint (plain ints: loads with weights_only)."""
+
+    step: int = 0  # optimizer steps finished
+    epoch: int = 1  # the epoch in progress (from 1)
+    batch_in_epoch: int = 0  # global batches of this epoch consumed (stepped or skipped)
+    tokens_total: int = 0
+    bad_steps_in_row: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    tokens: int
+    examples: int
+    seconds: float
+    seq_len: int = 0  # longest padded micro-batch of this rank (for MFU's attention term)
+    skipped: bool = False
+    bad_ranks: list[int] = field(default_factory=list)
+
+
+def plan_steps(num_train: int, config: TrainConfig) -> tuple[int, int]:
+    """(steps per epoch, total steps): full global batches only, capped by --max-steps."""
+    steps_per_epoch = num_train // config.global_batch
+    total = steps_per_epoch * config.epochs
+    return steps_per_epoch, min(total, config.max_steps) if config.max_steps else total
+
+
+class TooManyBadSteps(RuntimeError):
+    """--max-bad-steps global batches in a row had a non-finite loss."""
+
+
+class Trainer:
+    def __init__(self, *, engine, config: TrainConfig, layout: BatchLayout, dist_info, data, heartbeat, log):
+        self.engine = engine
+        self.config = config
+        self.layout = layout
+        self.dist = dist_info
+        self.data = data  # trainer.pipeline.RunData: datasets, entries, tokenizer
+        self.heartbeat = heartbeat
+        self.log = log  # trainer.pipeline.RunLog: events (rank 0) and console
+        self.progress = Progress()
+        self.resumed_from_step = 0
+        self.steps_per_epoch, self.total_steps = plan_steps(len(data.train), config)
+        self.inject_nan = None  # test hook: (rank, step) whose batch gets a NaN loss
+
+    # ---- batches -------------------------------------------------------------------------
+
+    def collate(self, dataset, indices: list[int]):
+        from trainer.data import collate
+
+        examples = [dataset[i] for i in indices]
+        return collate(
+            [e.token_ids for e in examples],
+            allowed_max_length=self.config.max_length,
+            prompt_lengths=[e.prompt_length for e in examples] if self.config.mask_prompt else None,
+        )
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.dist.device.type == "cuda":
+            return tensor.pin_memory().to(self.dist.device, non_blocking=True)
+        return tensor
+
+    # ---- one optimizer step ----------------------------------------------------------------
+
+    def train_step(self, batch: list[int]) -> StepResult:
+        start = time.perf_counter()
+        engine, hb = self.engine, self.heartbeat
+        engine.train()
+        hb.phase = "data"
+        mine = rank_slice(batch, self.dist.rank, self.dist.world_size)
+        micros = [self.collate(self.data.train, m) for m in micro_batches(mine, self.layout.micro_batch)]
+        local_tokens = sum(target_count(t) for _, t in micros)
+
+        hb.phase = "forward"
+        loss_sums = []
+        for inputs, targets in micros:
+            logits = engine(self.to_device(inputs))
+            loss_sums.append(token_loss_sum(logits, self.to_device(targets)))
+        local_sum = float(sum(l.detach() for l in loss_sums))
+        if self.inject_nan == (self.dist.rank, self.progress.step + 1):
+            loss_sums[0] = loss_sums[0] * float("nan")
+            local_sum = float("nan")
+        bad = 0.0 if math.isfinite(local_sum) else 1.0
+        # One all-reduce: global token count, global loss sum, and which ranks saw a bad loss.
+        flags = [0.0] * self.dist.world_size
+        flags[self.dist.rank] = bad
+        totals = distributed.all_reduce_sum(
+            [float(local_tokens), 0.0 if bad else local_sum, *flags], self.dist.device
+        )
+        global_tokens, global_sum, rank_flags = int(totals[0]), totals[1], totals[2:]
+        bad_ranks = [r for r, f in enumerate(rank_flags) if f > 0]
+        if bad_ranks:
+            del loss_sums, micros
+            return StepResult(float("nan"), global_tokens, len(batch), time.perf_counter() - start, 0, True, bad_ranks)
+
+        hb.phase = "backward"
+        scale = self.dist.world_size / max(global_tokens, 1)
+        for loss_sum in loss_sums:
+            engine.backward(loss_sum * scale, scale_wrt_gas=False)
+            hb.phase = "step"
+            engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
+            hb.phase = "backward"
+        hb.phase = "idle"
+        seq_len = max(inputs.size(1) for inputs, _ in micros)
+        return StepResult(
+            global_sum / max(global_tokens, 1), global_tokens, len(batch), time.perf_counter() - start, seq_len
+        )
+
+    # ---- evaluation ------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def loss_over(self, dataset, batches: list[list[int]]) -> float:
+        """Token-mean loss over the given global batches, sharded across ranks."""
+        engine = self.engine
+        engine.eval()
+        zero3 = engine.zero_optimization_stage() == 3
+        local_sum, local_tokens = 0.0, 0
+        for batch in batches:
+            mine = rank_slice(batch, self.dist.rank, self.dist.world_size)
+            chunks = micro_batches(mine, self.layout.micro_batch)
+            # Under ZeRO-3 every forward gathers parameters collectively: all ranks run as many
+            # forwards as the rank with the most examples, padding with a one-token dummy.
+            most = math.ceil(math.ceil(len(batch) / self.dist.world_size) / self.layout.micro_batch)
+            if zero3:
+                chunks += [[]] * (most - len(chunks))
+            for chunk in chunks:
+                if not chunk:
+                    engine(self.to_device(torch.full((1, 1), 50256, dtype=torch.long)))
+                    continue
+                inputs, targets = self.collate(dataset, chunk)
+                logits = engine(self.to_device(inputs))
+                local_sum += float(token_loss_sum(logits, self.to_device(targets)))
+                local_tokens += target_count(targets)
+        total_sum, total_tokens = distributed.all_reduce_sum([local_sum, float(local_tokens)], self.dist.device)
+        engine.train()
+        return total_sum / max(total_tokens, 1)
+
+    def evaluate(self, full: bool = False) -> tuple[float | None, float]:
+        """The chapter's evaluate_model over `eval_batches` batches, or the whole validation split."""
+        self.heartbeat.phase = "eval"
+        size = self.layout.global_batch
+        val_batches = global_batches(list(range(len(self.data.val))), size, drop_last=False)
+        if full:
+            return None, self.loss_over(self.data.val, val_batches)
+        n = self.config.eval_batches
+        order = epoch_order(len(self.data.train), self.config.seed, self.progress.epoch)
+        train_loss = self.loss_over(self.data.train, global_batches(order, size)[:n])
+        return train_loss, self.loss_over(self.data.val, val_batches[:n])
+
+    # ---- the loop --------------------------------------------------------------------------
+
+    def should_eval(self, step: int) -> bool:
+        # As the chapter: after the first step, then every eval_every steps.
+        return self.config.eval_every > 0 and (step - 1) % self.config.eval_every == 0
+
+    def run(self, on_step_end=None, on_epoch_end=None) -> None:
+        """Train until total_steps or the last epoch. Hooks: on_step_end(result), on_epoch_end()."""
+        config, progress = self.config, self.progress
+        while progress.epoch <= config.epochs and progress.step < self.total_steps:
+            order = epoch_order(len(self.data.train), config.seed, progress.epoch)
+            batches = global_batches(order, self.layout.global_batch)
+            while progress.batch_in_epoch < len(batches) and progress.step < self.total_steps:
+                result = self.train_step(batches[progress.batch_in_epoch])
+                progress.batch_in_epoch += 1
+                if result.skipped:
+                    progress.bad_steps_in_row += 1
+                    self.log.bad_step(self, result)
+                    if progress.bad_steps_in_row >= config.max_bad_steps:
+                        raise TooManyBadSteps(
+                            f"{progress.bad_steps_in_row} global batches in a row had a non-finite loss "
+                            f"(--max-bad-steps {config.max_bad_steps})"
+                        )
+                else:
+                    progress.bad_steps_in_row = 0
+                    progress.step += 1
+                    progress.tokens_total += result.tokens
+                    self.heartbeat.step = progress.step
+                    self.log.train_step(self, result)
+                    if self.should_eval(progress.step):
+                        train_loss, val_loss = self.evaluate()
+                        self.log.eval(self, train_loss, val_loss, full=False)
+                        self.log.sample(self)
+                if on_step_end:
+                    on_step_end(result)
+            if progress.batch_in_epoch >= len(batches):
+                _, val_loss = self.evaluate(full=True)
+                self.log.eval(self, None, val_loss, full=True)
+                progress.epoch += 1
+                progress.batch_in_epoch = 0
+                if on_epoch_end:
+                    on_epoch_end()
+        self.heartbeat.phase = "idle"
