@@ -9,9 +9,6 @@ estimators. Activations come on top and depend on the batch.
 
 from __future__ import annotations
 
-from rich.console import Console
-from rich.table import Table
-
 from trainer.loop import plan_steps
 
 
@@ -47,51 +44,38 @@ def largest_layer_params(model) -> int:
 
 
 def report(config, layout, model, data, precision: str, zero_stage: int) -> None:
-    console = Console()
-    params = model.num_parameters()
-    steps_per_epoch, total_steps = plan_steps(len(data.train), config)
-    lengths = [n + 1 for n in data.train.lengths]  # +1: the appended <|endoftext|>
-    mean_tokens = sum(min(n, config.max_length) - 1 for n in lengths) / len(lengths)
-    table = Table(title="dry run", show_header=False)
-    table.add_row("model", f"{config.model} ({params:,} parameters)")
-    table.add_row("precision", precision)
-    table.add_row(
-        "batch",
-        f"global {layout.global_batch} = micro {layout.micro_batch} x accumulation {layout.grad_accum} "
-        f"x world {layout.world_size}",
-    )
-    table.add_row("examples", f"train {len(data.train)}  val {len(data.val)}  test {len(data.test_entries)}")
-    table.add_row("steps", f"{steps_per_epoch} per epoch, {total_steps} in total ({config.epochs} epochs)")
-    table.add_row("tokens per step", f"~{mean_tokens * layout.global_batch:,.0f} target tokens (mean example {mean_tokens:.1f})")
-    table.add_row(
-        "truncated",
-        f"{data.truncated[0]} examples exceed --max-length {config.max_length} "
-        f"(of which {data.truncated[1]} keep no response token)",
-    )
-    console.print(table)
-
+    """Plain lines (not a table): they go into logs and scripts as well as terminals."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
-    memory = Table(title=f"model-state memory per rank (world size {layout.world_size}; activations extra)")
-    memory.add_column("ZeRO stage")
-    memory.add_column("ZeRO paper", justify="right")
-    memory.add_column("DeepSpeed estimator", justify="right")
+    params = model.num_parameters()
+    steps_per_epoch, total_steps = plan_steps(len(data.train), config)
+    target_tokens = [min(n, config.max_length) for n in data.train.lengths]  # n tokens + <|endoftext|> - 1
+    mean_tokens = sum(target_tokens) / len(target_tokens)
+    lines = [
+        f"model           {config.model} ({params:,} parameters), {precision}",
+        f"batch           global {layout.global_batch} = micro {layout.micro_batch} x accumulation "
+        f"{layout.grad_accum} x world {layout.world_size}",
+        f"examples        train {len(data.train)}, val {len(data.val)}, test {len(data.test_entries)}",
+        f"steps           {steps_per_epoch} per epoch, {total_steps} in total ({config.epochs} epochs)",
+        f"tokens per step ~{mean_tokens * layout.global_batch:,.0f} target tokens (mean example {mean_tokens:.1f})",
+        f"truncated       {data.truncated[0]} examples exceed --max-length {config.max_length} "
+        f"({data.truncated[1]} of them lose their final <|endoftext|>)",
+        f"memory per rank for model states (parameters, gradients, Adam), world size {layout.world_size}, "
+        "activations extra:",
+    ]
     gib = 1024**3
     for stage in range(4):
-        estimate = "-"
+        line = f"  ZeRO-{stage}  {model_state_bytes(params, layout.world_size, stage, precision) / gib:8.2f} GiB (ZeRO paper)"
         if stage == 2:
             _, gpu = estimate_zero2_model_states_mem_needs(params, layout.world_size, 1, cpu_offload=False)
-            estimate = f"{gpu / gib:.2f} GiB"
+            line += f"  {gpu / gib:8.2f} GiB (DeepSpeed estimator)"
         elif stage == 3:
             _, gpu, _ = estimate_zero3_model_states_mem_needs(
                 params, largest_layer_params(model), layout.world_size, 1, cpu_offload=False
             )
-            estimate = f"{gpu / gib:.2f} GiB"
-        marker = " (this run)" if stage == zero_stage else ""
-        memory.add_row(
-            f"{stage}{marker}",
-            f"{model_state_bytes(params, layout.world_size, stage, precision) / gib:.2f} GiB",
-            estimate,
-        )
-    console.print(memory)
+            line += f"  {gpu / gib:8.2f} GiB (DeepSpeed estimator)"
+        if stage == zero_stage:
+            line += "  <- this run"
+        lines.append(line)
+    print("\n".join(lines))

@@ -36,7 +36,7 @@ class RunData:
     val_entries: list[dict]
     test_entries: list[dict]
     path: Path
-    truncated: tuple[int, int]  # (examples longer than max_length, of which no response token is left)
+    truncated: tuple[int, int]  # (examples cut by --max-length, of which the final <|endoftext|> is lost)
 
 
 def prepare_data(config: TrainConfig) -> RunData:
@@ -89,7 +89,11 @@ def choose_run_dir(config: TrainConfig, dist_info) -> Path:
 
 
 def main(config: TrainConfig) -> int:
-    validate(config)
+    try:
+        validate(config)
+    except ValueError as e:  # every rank finds the same: the launcher shows each rank's line
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     dist_info = distributed.init(config.dist_timeout)
     try:
         return run(config, dist_info)
@@ -158,7 +162,7 @@ def run(config: TrainConfig, dist_info) -> int:
     if data.truncated[0]:
         log.print(
             f"[yellow]warning:[/] {data.truncated[0]} training examples exceed --max-length {config.max_length} "
-            f"and are truncated: they lose their final <|endoftext|> ({data.truncated[1]} keep no response token)"
+            f"and are truncated ({data.truncated[1]} of them lose their final <|endoftext|>)"
         )
 
     from trainer.loop import Trainer, plan_steps
