@@ -16,6 +16,7 @@ accumulation this holds the activations of a rank's micro-batches of one step at
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -54,11 +55,42 @@ class StepResult:
     bad_ranks: list[int] = field(default_factory=list)
 
 
+@dataclass
+class TestFaults:
+    """Faults injected by the fault-tolerance tests, through the environment only.
+
+    GPT2_INSTRUCT_TEST_NAN="rank:epoch:batch": that rank's loss on that global batch (index in
+    the epoch, from 0) is NaN. GPT2_INSTRUCT_TEST_STALL="rank:step:seconds": that rank sleeps
+    before step `step`, outside any collective (a hung rank).
+    """
+
+    nan_at: tuple[int, int, int] | None = None
+    stall: tuple[int, int, float] | None = None
+
+    @classmethod
+    def from_environment(cls) -> "TestFaults":
+        nan = os.environ.get("GPT2_INSTRUCT_TEST_NAN")
+        stall = os.environ.get("GPT2_INSTRUCT_TEST_STALL")
+        return cls(
+            nan_at=tuple(int(x) for x in nan.split(":")) if nan else None,
+            stall=(lambda r, s, t: (int(r), int(s), float(t)))(*stall.split(":")) if stall else None,
+        )
+
+    def maybe_stall(self, rank: int, step: int) -> None:
+        if self.stall and self.stall[:2] == (rank, step):
+            time.sleep(self.stall[2])
+            self.stall = None
+
+
 def plan_steps(num_train: int, config: TrainConfig) -> tuple[int, int]:
     """(steps per epoch, total steps): full global batches only, capped by --max-steps."""
     steps_per_epoch = num_train // config.global_batch
     total = steps_per_epoch * config.epochs
     return steps_per_epoch, min(total, config.max_steps) if config.max_steps else total
+
+
+class StopRequested(Exception):
+    """All ranks agreed, at a step boundary, to stop (a signal arrived)."""
 
 
 class TooManyBadSteps(RuntimeError):
@@ -76,8 +108,10 @@ class Trainer:
         self.log = log  # trainer.pipeline.RunLog: events (rank 0) and console
         self.progress = Progress()
         self.resumed_from_step = 0
+        self.stop_signals = None  # trainer.signals.StopSignals, when installed
+        self.stop_agreed = False  # every rank has seen a stop request (at the same step)
         self.steps_per_epoch, self.total_steps = plan_steps(len(data.train), config)
-        self.inject_nan = None  # test hook: (rank, step) whose batch gets a NaN loss
+        self.faults = TestFaults.from_environment()
 
     # ---- batches -------------------------------------------------------------------------
 
@@ -103,6 +137,7 @@ class Trainer:
         engine, hb = self.engine, self.heartbeat
         engine.train()
         hb.phase = "data"
+        self.faults.maybe_stall(self.dist.rank, self.progress.step + 1)
         mine = rank_slice(batch, self.dist.rank, self.dist.world_size)
         micros = [self.collate(self.data.train, m) for m in micro_batches(mine, self.layout.micro_batch)]
         local_tokens = sum(target_count(t) for _, t in micros)
@@ -113,23 +148,27 @@ class Trainer:
             logits = engine(self.to_device(inputs))
             loss_sums.append(token_loss_sum(logits, self.to_device(targets)))
         local_sum = float(sum(l.detach() for l in loss_sums))
-        if self.inject_nan == (self.dist.rank, self.progress.step + 1):
+        if self.faults.nan_at == (self.dist.rank, self.progress.epoch, self.progress.batch_in_epoch):
             loss_sums[0] = loss_sums[0] * float("nan")
             local_sum = float("nan")
         bad = 0.0 if math.isfinite(local_sum) else 1.0
-        # One all-reduce: global token count, global loss sum, and which ranks saw a bad loss.
+        # One all-reduce: global token count, global loss sum, whether any rank was asked to stop
+        # (trainer/signals.py), and which ranks saw a non-finite loss. It is the first
+        # collective of the step: a rank stuck before it shows as not in a collective phase.
+        hb.phase = "backward"
         flags = [0.0] * self.dist.world_size
         flags[self.dist.rank] = bad
+        stop = 1.0 if self.stop_signals is not None and self.stop_signals.requested else 0.0
         totals = distributed.all_reduce_sum(
-            [float(local_tokens), 0.0 if bad else local_sum, *flags], self.dist.device
+            [float(local_tokens), 0.0 if bad else local_sum, stop, *flags], self.dist.device
         )
-        global_tokens, global_sum, rank_flags = int(totals[0]), totals[1], totals[2:]
+        global_tokens, global_sum, rank_flags = int(totals[0]), totals[1], totals[3:]
+        self.stop_agreed = self.stop_agreed or totals[2] > 0
         bad_ranks = [r for r, f in enumerate(rank_flags) if f > 0]
         if bad_ranks:
             del loss_sums, micros
             return StepResult(float("nan"), global_tokens, len(batch), time.perf_counter() - start, 0, True, bad_ranks)
 
-        hb.phase = "backward"
         scale = self.dist.world_size / max(global_tokens, 1)
         for loss_sum in loss_sums:
             engine.backward(loss_sum * scale, scale_wrt_gas=False)
@@ -218,6 +257,8 @@ class Trainer:
                         self.log.sample(self)
                 if on_step_end:
                     on_step_end(result)
+                if self.stop_agreed:
+                    raise StopRequested()
             if progress.batch_in_epoch >= len(batches):
                 _, val_loss = self.evaluate(full=True)
                 self.log.eval(self, None, val_loss, full=True)

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import torch
 
-from trainer import distributed
+from instruct import atomic_write_json
+from trainer import checkpoint, distributed, resume, signals
 from trainer.config import TrainConfig, batch_layout, validate
 from trainer.engine import build_ds_config, build_engine, read_ds_config, resolve_precision
 from trainer.metrics import Heartbeat, MetricsWriter
-from trainer.model import GPT
+from trainer.loop import Progress
 from trainer.rundir import default_run_dir, git_commit, sha256_file, versions, write_config
 from trainer.runlog import RunLog
 
@@ -77,12 +78,22 @@ def provenance(config: TrainConfig, data: RunData, weights_info) -> dict:
     }
 
 
-def choose_run_dir(config: TrainConfig, dist_info) -> Path:
-    """Rank 0 decides, every rank learns it before any file is written."""
-    chosen = None
+def on_main(dist_info, fn, *args):
+    """Run fn on rank 0 only; every rank gets its result, or raises its error as a ValueError."""
+    result = error = None
     if dist_info.is_main:
-        chosen = str(Path(config.out) if config.out else default_run_dir(config.model))
-    chosen = Path(distributed.broadcast_object(chosen))
+        try:
+            result = fn(*args)
+        except (ValueError, RuntimeError) as e:
+            error = str(e)
+    result, error = distributed.broadcast_object((result, error))
+    if error is not None:
+        raise ValueError(error)
+    return result
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    chosen = Path(config.out) if config.out else default_run_dir(config.model)
     if (chosen / "metrics.jsonl").exists():
         raise ValueError(f"{chosen}: already holds a run: pass --resume to continue it, or another --out")
     return chosen
@@ -121,30 +132,42 @@ def run(config: TrainConfig, dist_info) -> int:
     torch.manual_seed(config.seed)  # identical initial weights on every rank
     model, weights_info = load_model(config.model, config.weights, dropout=config.dropout)
 
-    run_dir = choose_run_dir(config, dist_info)
+    # The run directory: rank 0 decides, every rank learns it before any file is written.
+    if config.resume:
+        point = on_main(dist_info, resume.find, config.out, config.model, data.path, config.global_batch)
+        run_dir = point.run_dir
+    else:
+        point = None
+        run_dir = on_main(dist_info, new_run_dir, config)
+    resume_tag = point.tag if point else None
+    if point and point.tag and point.progress["world_size"] != dist_info.world_size:
+        # Another number of ranks: DeepSpeed needs its universal checkpoint format.
+        resume_tag = on_main(dist_info, checkpoint.to_universal, checkpoint.checkpoint_dir(run_dir),
+                             point.tag, point.zero_stage)
+        ds_config["checkpoint"] = {**ds_config.get("checkpoint", {}), "load_universal": True}
+
     heartbeat = Heartbeat(run_dir, dist_info.rank, dist_info.local_rank, config.heartbeat_every).start()
     writer = None
     if dist_info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(
-            run_dir,
-            {
-                "v": 1,
-                "config": config.to_dict(),
-                "ds_config": ds_config,
-                "precision": precision,
-                "layout": {"global_batch": layout.global_batch, "micro_batch": layout.micro_batch,
-                           "grad_accum": layout.grad_accum, "world_size": layout.world_size},
-                "world_size": dist_info.world_size,
-                "hosts": dist_info.hosts,
-                "versions": versions(),
-                "provenance": provenance(config, data, weights_info),
-                "created": time.time(),
-            },
-        )
-        from instruct import atomic_write_json
-
-        atomic_write_json(run_dir / "ds_config.json", ds_config)
+        if point is None:  # a resumed run keeps the provenance of its first attempt
+            write_config(
+                run_dir,
+                {
+                    "v": 1,
+                    "config": config.to_dict(),
+                    "ds_config": ds_config,
+                    "precision": precision,
+                    "layout": {"global_batch": layout.global_batch, "micro_batch": layout.micro_batch,
+                               "grad_accum": layout.grad_accum, "world_size": layout.world_size},
+                    "world_size": dist_info.world_size,
+                    "hosts": dist_info.hosts,
+                    "versions": versions(),
+                    "provenance": provenance(config, data, weights_info),
+                    "created": time.time(),
+                },
+            )
+            atomic_write_json(run_dir / "ds_config.json", ds_config)
         writer = MetricsWriter(run_dir / "metrics.jsonl")
     device_name = torch.cuda.get_device_name(dist_info.device) if dist_info.device.type == "cuda" else None
     log = RunLog(
@@ -165,7 +188,7 @@ def run(config: TrainConfig, dist_info) -> int:
             f"and are truncated ({data.truncated[1]} of them lose their final <|endoftext|>)"
         )
 
-    from trainer.loop import Trainer, plan_steps
+    from trainer.loop import StopRequested, Trainer, plan_steps
 
     model.to(dist_info.device)
     _, total_steps = plan_steps(len(data.train), config)
@@ -173,7 +196,54 @@ def run(config: TrainConfig, dist_info) -> int:
     trainer = Trainer(engine=engine, config=config, layout=layout, dist_info=dist_info, data=data,
                       heartbeat=heartbeat, log=log)
     torch.manual_seed(config.seed + dist_info.rank)  # dropout differs per rank, reproducibly
+    ckpt_dir = checkpoint.checkpoint_dir(run_dir)
+    if resume_tag:
+        seconds = time.perf_counter()
+        checkpoint.load(engine, ckpt_dir, resume_tag, dist_info.rank,
+                        same_world=point.progress["world_size"] == dist_info.world_size)
+        trainer.progress = Progress(**{k: point.progress[k] for k in Progress.__dataclass_fields__})
+        trainer.resumed_from_step = trainer.progress.step
+        heartbeat.step = trainer.progress.step
+        log.print(f"resumed from {resume_tag} (step {trainer.progress.step}) in {time.perf_counter() - seconds:.1f}s")
+
+    saved_at = {"step": trainer.progress.step if resume_tag else None}
+
+    def save_checkpoint() -> None:
+        if saved_at["step"] == trainer.progress.step:
+            return  # this step is already saved (a periodic save, then a signal)
+        saved_at["step"] = trainer.progress.step
+        heartbeat.phase = "checkpoint"
+        seconds = time.perf_counter()
+        tag = checkpoint.save(engine, run_dir, trainer.progress.to_dict(), dist_info.rank,
+                              dist_info.world_size, config.keep_checkpoints)
+        log.event("checkpoint", step=trainer.progress.step, path=f"checkpoints/{tag}",
+                  seconds=time.perf_counter() - seconds)
+        heartbeat.phase = "idle"
+
+    def on_step_end(result) -> None:
+        if config.save_every and not result.skipped and trainer.progress.step % config.save_every == 0:
+            save_checkpoint()
+
+    def on_epoch_end() -> None:
+        save_checkpoint()
+
+    stop = signals.StopSignals().install()
+    trainer.stop_signals = stop
     status, error, final_val_loss = "failed", None, None
+
+    def on_lost(ranks: list[int]) -> None:  # the watchdog's thread, while the main one is stuck
+        if writer is not None:
+            log.event("alert", step=trainer.progress.step, kind="rank_lost",
+                      message=f"lost rank {', '.join(map(str, ranks))}", rank=ranks[0])
+            end_event("failed", f"lost rank {', '.join(map(str, ranks))} (no heartbeat; this rank stuck in a collective)")
+
+    def end_event(status: str, error: str | None, final_val_loss: float | None = None) -> None:
+        log.event("run_end", status=status, error=error, step=trainer.progress.step,
+                  tokens_total=trainer.progress.tokens_total, elapsed_s=time.time() - log.started,
+                  final_val_loss=final_val_loss)
+
+    watchdog = signals.LostRankWatchdog(stop, heartbeat, run_dir / "ranks", on_lost,
+                                        grace_s=3 * config.heartbeat_every + 1).start()
     log.run_start(
         run_id=run_dir.name,
         model=config.model,
@@ -188,44 +258,49 @@ def run(config: TrainConfig, dist_info) -> int:
         steps_per_epoch=trainer.steps_per_epoch,
         total_steps=trainer.total_steps,
         epochs=config.epochs,
-        attempt=1,
-        resumed_from_step=0,
+        attempt=point.attempt if point else 1,
+        resumed_from_step=trainer.resumed_from_step,
     )
     log.print(
         f"run {run_dir}  model {config.model}  world {dist_info.world_size}  ZeRO-{engine.zero_optimization_stage()}  "
         f"{precision}  global batch {layout.global_batch} = {layout.micro_batch} x {layout.grad_accum} x "
         f"{dist_info.world_size}  {trainer.total_steps} steps"
     )
+    exit_code = EXIT_FAILED
     try:
         log.start_progress(trainer.total_steps, trainer.progress.step)
-        trainer.run()
+        trainer.run(on_step_end=on_step_end, on_epoch_end=on_epoch_end)
         log.stop_progress()
         final_val_loss = trainer.evaluate(full=True)[1]
-        finish(trainer, run_dir, log)
-        status = "completed"
+        finish(trainer, run_dir)
+        status, exit_code = "completed", 0
         log.print(f"done: final val loss {final_val_loss:.4f}; outputs in {run_dir}")
-        return 0
+    except StopRequested:
+        log.stop_progress()
+        save_checkpoint()
+        status, exit_code = "interrupted", signals.EXIT_INTERRUPTED
+        error = f"stopped by {stop.name or 'a signal on another rank'} at step {trainer.progress.step}; resume with --resume"
+        log.event("alert", step=trainer.progress.step, kind="signal", message=error, rank=None)
+        log.print(f"[yellow]{error}[/]")
     except Exception as e:
         log.stop_progress()
         error = f"{type(e).__name__}: {e}".splitlines()[0]
+        if dist_info.world_size > 1:
+            lost = signals.silent_ranks(run_dir / "ranks", 2 * config.heartbeat_every + 1)
+            if lost:
+                error = f"lost rank {', '.join(map(str, lost))}: {error}"
         traceback.print_exc()
-        return EXIT_FAILED
     finally:
+        watchdog.close()
+        stop.uninstall()
         heartbeat.stop()
         if writer is not None:
-            log.event(
-                "run_end",
-                status=status,
-                error=error,
-                step=trainer.progress.step,
-                tokens_total=trainer.progress.tokens_total,
-                elapsed_s=time.time() - log.started,
-                final_val_loss=final_val_loss,
-            )
+            end_event(status, error, final_val_loss)
             writer.close()
+    return exit_code
 
 
-def finish(trainer, run_dir: Path, log: RunLog) -> None:
+def finish(trainer, run_dir: Path) -> None:
     """Test responses (all ranks), exports and the loss plot (rank 0)."""
     from trainer.consolidate import plain_model
     from trainer.outputs import export_model, generate_test_responses, plot_losses
@@ -235,4 +310,4 @@ def finish(trainer, run_dir: Path, log: RunLog) -> None:
     if trainer.dist.is_main:
         exportable = final.float() if final is not trainer.engine.module else plain_model(trainer.engine, torch.float32)
         export_model(exportable, run_dir, trainer.config.model)
-        plot_losses(log.history, run_dir / "loss.png")
+        plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")

@@ -25,8 +25,6 @@ class RunLog:
         self.started = time.time()
         self.progress: Progress | None = None
         self.task = None
-        self.last_train_loss: float | None = None
-        self.history: dict[str, list] = {"train": [], "eval": []}  # for loss.png
         self.plain_every = 10  # console line every N steps when stdout is not a terminal
 
     # ---- console ---------------------------------------------------------------------------
@@ -89,8 +87,6 @@ class RunLog:
         lr = trainer.engine.get_lr()[0]
         grad_norm = trainer.engine.get_global_grad_norm()
         grad_norm = float(grad_norm) if grad_norm is not None else None
-        self.last_train_loss = result.loss
-        self.history["train"].append((p.step, p.tokens_total, result.loss))
         self.event(
             "train",
             step=p.step,
@@ -129,7 +125,6 @@ class RunLog:
 
     def eval(self, trainer, train_loss, val_loss, full: bool) -> None:
         p = trainer.progress
-        self.history["eval"].append((p.step, p.tokens_total, train_loss, val_loss, full))
         self.event("eval", step=p.step, train_loss=train_loss, val_loss=val_loss, full=full)
         if self.active and self.progress is None:
             what = "full val" if full else f"train {train_loss:.3f}  val"

@@ -1,0 +1,165 @@
+"""`python -m judge score FILE ...`: the command line of the judge.
+
+Exit status: 0 when every entry has a score or an unparseable reply, 3 when some entries
+failed (re-run the same command to retry them), 1 on bad input or an unusable server,
+2 on bad arguments, 130 on Ctrl-C (finished scores are kept in the journal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from instruct import EntryError
+from judge.clients import CheckError, ServerConfig
+from judge.prompt import CHAPTER_TEMPLATE, TemplateError, load_template
+from judge.scorer import ScoreConfig, score_file, with_suffix
+
+EXIT_FAILED_ENTRIES = 3
+LISTED_MAX = 20  # failed/unparseable entries listed on the terminal (all are in the summary)
+
+
+class UsageError(Exception):
+    """Arguments that parse but cannot be used (a missing API key variable, a repeated key)."""
+
+
+def concurrency_arg(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected 'auto' or a positive integer, got {value!r}")
+
+
+def positive_int(value: str) -> int:
+    if value.isdigit() and int(value) > 0:
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m judge", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    score = commands.add_parser("score", help="score the responses in a file with an LLM judge")
+    score.add_argument("file", type=Path, help="JSON list or JSONL of entries (instruction, input, output, responses)")
+    score.add_argument("--key", action="append", dest="keys", metavar="KEY",
+                       help="field holding the response to score; repeat to compare models (default: model_response)")
+    score.add_argument("--model", default="llama3", help="judge model (default: llama3)")
+    score.add_argument("--url", default="http://localhost:11434", help="server URL (default: http://localhost:11434)")
+    score.add_argument("--api", choices=("ollama", "openai"), default="ollama",
+                       help="ollama: /api/chat; openai: /v1/chat/completions (vLLM, llama.cpp, Ollama's /v1)")
+    score.add_argument("--api-key-env", metavar="NAME",
+                       help="environment variable holding the API key (sent as a Bearer token, never printed)")
+    score.add_argument("--concurrency", type=concurrency_arg, default=None, metavar="N|auto",
+                       help="requests in flight: a number, or auto (default) to find the server's capacity")
+    score.add_argument("--out", type=Path, help="scored file (default: FILE's name with .scored.json)")
+    score.add_argument("--summary", type=Path, help="summary JSON (default: OUT with .summary.json)")
+    score.add_argument("--prompt-file", type=Path,
+                       help="custom prompt template with {input}, {output} and {response} placeholders")
+    score.add_argument("--structured", action="store_true",
+                       help='ask for the JSON schema {"score": integer 0..100} (Ollama format / response_format)')
+    score.add_argument("--max-tokens", type=positive_int, metavar="N",
+                       help="cap on the reply's tokens (Ollama num_predict); default: the server's")
+    score.add_argument("--timeout", type=float, default=300.0, metavar="S",
+                       help="seconds per request, including the server's queue (default: 300)")
+    score.add_argument("--retries", type=int, default=8, metavar="N",
+                       help="retries per request on transient failures (default: 8)")
+    score.add_argument("--quiet", action="store_true", help="no progress display")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> ScoreConfig:
+    keys = tuple(args.keys or ["model_response"])
+    if len(set(keys)) != len(keys):
+        raise UsageError(f"--key given twice: {', '.join(keys)}")
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env)
+        if not api_key:
+            raise UsageError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    out = args.out or args.file.with_name(args.file.stem + ".scored.json")
+    return ScoreConfig(
+        input_path=args.file,
+        out_path=out,
+        summary_path=args.summary or with_suffix(out, ".summary.json"),
+        server=ServerConfig(
+            url=args.url,
+            api=args.api,
+            model=args.model,
+            structured=args.structured,
+            max_tokens=args.max_tokens,
+            timeout_s=args.timeout,
+            api_key=api_key,
+        ),
+        keys=keys,
+        template=load_template(args.prompt_file) if args.prompt_file else CHAPTER_TEMPLATE,
+        template_name=str(args.prompt_file) if args.prompt_file else "chapter",
+        concurrency=args.concurrency,
+        retries=args.retries,
+        progress=not args.quiet,
+    )
+
+
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def _interval(ci: list[float] | None) -> str:
+    return "-" if ci is None else f"[{ci[0]:.2f}, {ci[1]:.2f}]"
+
+
+def print_summary(summary: dict) -> None:
+    console = Console(highlight=False)
+    judge = summary["judge"]
+    console.print(
+        f"judge {judge['model']} (digest {judge['digest']}, server {judge['server_version']}, "
+        f"{judge['api']} at {judge['url']}); {summary['requests']} requests in {summary['wall_s']:.1f} s "
+        f"({summary['requests_per_s']:.1f} req/s), {summary['retries']} retries, "
+        f"{summary['from_journal']} from the journal"
+    )
+    table = Table("key", "scored", "failed", "unparseable", "mean", "median", "std", "95% CI")
+    for key, k in summary["keys"].items():
+        table.add_row(key, f"{k['scored']}/{k['total']}", str(k["failed"]), str(k["unparseable"]),
+                      _number(k["mean"]), _number(k["median"]), _number(k["std"]), _interval(k["ci95"]))
+    console.print(table)
+    for key, k in summary["keys"].items():
+        console.print(f"{key} histogram {k['histogram']['counts']} (bins of 10, last includes 100)")
+        for what in ("failed", "unparseable"):
+            indices = k[f"{what}_indices"]
+            if indices:
+                more = f" and {len(indices) - LISTED_MAX} more" if len(indices) > LISTED_MAX else ""
+                console.print(f"{key} {what} entries: {indices[:LISTED_MAX]}{more}")
+    for pair in summary["paired"]:
+        console.print(f"{pair['a']} - {pair['b']}: mean difference {_number(pair['mean_diff'])}, "
+                      f"95% CI {_interval(pair['ci95'])}, over {pair['n']} entries")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+    except (TemplateError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    try:
+        summary = asyncio.run(score_file(config))
+    except (EntryError, CheckError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted: finished scores are kept in {config.journal_path}; "
+            "re-run the same command to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print_summary(summary)
+    print(f"wrote {config.out_path} and {config.summary_path}")
+    failed = sum(k["failed"] for k in summary["keys"].values())
+    return EXIT_FAILED_ENTRIES if failed else 0

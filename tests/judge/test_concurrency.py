@@ -1,0 +1,53 @@
+"""`--concurrency auto` finds the server's parallel capacity: between S and 2S in flight."""
+
+import asyncio
+
+import pytest
+
+from judge.concurrency import Limiter
+from judge.scorer import score_file
+from tests.judge.helpers import score_config, write_entries
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+@pytest.mark.parametrize("slots, latency_s, count", [(4, 0.05, 300), (16, 0.1, 640)])
+def test_auto_settles_between_s_and_2s(tmp_path, fake_ollama, api, slots, latency_s, count):
+    """Ollama reports the queue wait; the OpenAI path has only latency to go by."""
+    server = fake_ollama(slots=slots, latency_s=latency_s)
+    write_entries(tmp_path / "in.json", count)
+    asyncio.run(score_file(score_config(tmp_path, server.url, api=api, model="llama3")))
+    start, end = server.in_flight_log[0][0], server.in_flight_log[-1][0]
+    # The middle half of the run: after slow start, before the last requests drain.
+    middle = server.mean_in_flight(start + (end - start) / 4, end - (end - start) / 4)
+    assert slots <= middle <= 2 * slots, middle
+
+
+def test_fixed_limit_bounds_requests_in_flight():
+    async def scenario() -> int:
+        limiter, peak = Limiter(3), 0
+
+        async def request():
+            nonlocal peak
+            ticket = await limiter.acquire()
+            peak = max(peak, limiter.in_flight)
+            await asyncio.sleep(0.001)
+            limiter.release(ticket, latency_s=5.0, queue_wait_s=4.9)  # congestion changes nothing
+        await asyncio.gather(*(request() for _ in range(30)))
+        return peak
+
+    assert asyncio.run(scenario()) == 3
+
+
+def test_overload_halves_once_per_round_trip():
+    async def scenario() -> list[float]:
+        limiter = Limiter(None)
+        limiter.limit = 16.0
+        tickets = [await limiter.acquire() for _ in range(16)]
+        for ticket in tickets:  # all sent before the first 503 came back: one decrease
+            limiter.release(ticket, overload=True)
+        after_first = limiter.limit
+        limiter.release(await limiter.acquire(), overload=True)
+        return [after_first, limiter.limit]
+
+    assert asyncio.run(scenario()) == [8.0, 4.0]

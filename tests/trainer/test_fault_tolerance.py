@@ -1,0 +1,292 @@
+"""Fault tolerance with the real deepspeed launcher, 2 CPU ranks, the tiny preset: kill -9 between
+checkpoints, SIGTERM, a dead rank, a hung rank, a NaN, and resuming on another number of ranks.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from tests.trainer.launcher import REPO, TINY, events, kill_group, of_type, start, train, wait
+
+pytestmark = pytest.mark.slow
+
+# Shuffled batches and dropout 0.1: exact resume needs the data position and every rank's RNG.
+RUN = [*TINY, "--max-new-tokens", "4", "--eval-every", "0", "--max-steps", "6", "--save-every", "2",
+       "--dropout", "0.1"]
+
+
+def weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "tiny-sft.pth", weights_only=True)
+
+
+def max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def losses_by_step(run_dir: Path) -> dict[int, float]:
+    """The loss logged for each step; a replayed step must log the same loss as before."""
+    seen: dict[int, float] = {}
+    for e in of_type(events(run_dir), "train"):
+        assert seen.setdefault(e["step"], e["loss"]) == e["loss"], f"step {e['step']} replayed differently"
+    return seen
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def step_logged(run_dir: Path, step: int) -> bool:
+    """Polled while the run writes: a half-written last line is skipped."""
+    from trainer.resume import read_events
+
+    return any(e["type"] == "train" and e["step"] >= step for e in read_events(run_dir / "metrics.jsonl"))
+
+
+def rank_processes(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if str(run_dir) in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.fixture
+def no_leftovers(tmp_path):
+    yield
+    leftovers = rank_processes(tmp_path)
+    for p in leftovers:
+        p.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run."""
+    out = tmp_path_factory.mktemp("reference") / "run"
+    code, log = train([*RUN, "--out", str(out)])
+    assert code == 0, log[-3000:]
+    return out
+
+
+def test_checkpoints_rotate_and_are_announced(reference):
+    directory = reference / "checkpoints"
+    assert (directory / "latest").read_text().strip() == "global_step6"
+    assert sorted(p.name for p in directory.glob("global_step*")) == ["global_step4", "global_step6"]
+    for tag in ("global_step4", "global_step6"):
+        assert {p.name for p in (directory / tag).glob("rng-rank*.pt")} == {"rng-rank0.pt", "rng-rank1.pt"}
+    assert [(e["step"], e["path"]) for e in of_type(events(reference), "checkpoint")] == [
+        (2, "checkpoints/global_step2"), (4, "checkpoints/global_step4"), (6, "checkpoints/global_step6")]
+
+
+def test_sigkill_between_checkpoints_then_resume_is_exact(reference, tmp_path, no_leftovers):
+    out = tmp_path / "run"
+    proc = start([*RUN, "--out", str(out)])
+    try:
+        wait_for(lambda: step_logged(out, 3), 240, "step 3")  # after the checkpoint at step 2
+    finally:
+        kill_group(proc, signal.SIGKILL)
+    proc.communicate()
+    assert (out / "checkpoints" / "latest").read_text().strip() == "global_step2"
+
+    code, log = train([*RUN, "--out", str(out), "--resume"])
+    assert code == 0, log[-3000:]
+    starts = of_type(events(out), "run_start")
+    assert [(s["attempt"], s["resumed_from_step"]) for s in starts] == [(1, 0), (2, 2)]
+    difference = max_difference(weights(out), weights(reference))
+    print(f"SIGKILL + resume: max |dw| = {difference:.3g}")
+    assert difference <= 1e-6
+    assert losses_by_step(out) == losses_by_step(reference)
+
+
+def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(reference, tmp_path, no_leftovers):
+    out = tmp_path / "run"
+    args = [*RUN[:-4], "--save-every", "0", "--dropout", "0.1"]  # no periodic checkpoints
+    proc = start([*args, "--out", str(out)])
+    wait_for(lambda: step_logged(out, 2), 240, "step 2")
+    signalled = time.monotonic()
+    kill_group(proc, signal.SIGTERM)  # as Ctrl-C or scancel: every process of the job
+    code, log = wait(proc, timeout=60)
+    assert code != 0
+    wait_for(lambda: not rank_processes(out), 35, "the ranks to exit")
+    assert time.monotonic() - signalled < 30
+    end = events(out)[-1]
+    assert end["type"] == "run_end" and end["status"] == "interrupted", end
+    stopped_at = end["step"]
+    assert of_type(events(out), "checkpoint")[-1]["step"] == stopped_at
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"global_step{stopped_at}"
+
+    code, log = train([*args, "--out", str(out), "--resume"])
+    assert code == 0, log[-3000:]
+    difference = max_difference(weights(out), weights(reference))
+    print(f"SIGTERM at step {stopped_at} + resume: max |dw| = {difference:.3g}")
+    assert difference <= 1e-6
+
+
+def test_a_dead_rank_fails_the_run_and_names_it(tmp_path, no_leftovers):
+    out = tmp_path / "run"
+    proc = start([*TINY, "--max-new-tokens", "4", "--eval-every", "0", "--max-steps", "500",
+                  "--dist-timeout", "30", "--out", str(out)])
+    wait_for(lambda: step_logged(out, 2), 240, "step 2")
+    [rank1] = [p for p in rank_processes(out) if "--local_rank=1" in p.cmdline()]
+    killed = time.monotonic()
+    rank1.kill()
+    code, log = wait(proc, timeout=30 + 30)
+    assert code != 0
+    wait_for(lambda: not rank_processes(out), 40, "the survivors to exit")
+    assert time.monotonic() - killed < 30 + 10  # --dist-timeout plus a few seconds
+    end = events(out)[-1]
+    assert end["type"] == "run_end" and end["status"] == "failed"
+    assert end["error"].startswith("lost rank 1"), end["error"]
+
+
+def test_a_hung_rank_stays_visible_in_its_heartbeats(tmp_path, no_leftovers, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_STALL", "1:3:20")  # rank 1 sleeps 20 s before step 3
+    proc = start([*TINY, "--max-new-tokens", "2", "--eval-every", "0", "--max-steps", "4",
+                  "--dist-timeout", "120", "--out", str(out)])
+    try:
+        heartbeats = out / "ranks" / "rank-1.jsonl"
+        wait_for(lambda: step_logged(out, 2), 240, "step 2")
+        time.sleep(3)
+        first = events(out, "ranks/rank-1.jsonl")
+        time.sleep(8)
+        later = events(out, "ranks/rank-1.jsonl")
+        assert heartbeats.exists() and len(later) >= len(first) + 3  # still beating
+        stuck = later[-1]
+        assert stuck["step"] == 2 and stuck["phase"] == "data"  # not in a collective
+        assert stuck["phase_since"] == first[-1]["phase_since"]  # and for a while
+        rank0 = events(out, "ranks/rank-0.jsonl")[-1]
+        assert rank0["step"] == 2 and rank0["phase"] == "backward"  # waiting in the all-reduce
+    finally:
+        code, log = wait(proc, timeout=240)
+    assert code == 0, log[-3000:]
+
+
+def one_step_reference(batch_index: int) -> dict[str, torch.Tensor]:
+    """One AdamW step of the tiny model on one global batch, computed here in plain PyTorch."""
+    from instruct import read_entries
+    from tests.trainer.launcher import DATA, TOKENIZER
+    from trainer.batches import epoch_order, global_batches
+    from trainer.data import InstructionDataset, collate, split_entries
+    from trainer.loss import target_count, token_loss_sum
+    from trainer.model import GPT, preset
+    from trainer.tokenizer import get_tokenizer
+
+    torch.manual_seed(123)
+    model = GPT(preset("tiny"))
+    train_split, _, _ = split_entries(read_entries(DATA))
+    dataset = InstructionDataset(train_split, get_tokenizer(TOKENIZER))
+    batch = global_batches(epoch_order(len(dataset), 123, 1), 8)[batch_index]
+    inputs, targets = collate([dataset[i].token_ids for i in batch])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
+    loss = token_loss_sum(model(inputs), targets) / target_count(targets)
+    loss.backward()
+    optimizer.step()
+    return model.state_dict()
+
+
+def test_a_nan_on_one_rank_skips_the_whole_global_batch(tmp_path, no_leftovers, monkeypatch):
+    from trainer.weights import load_model
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_NAN", "1:1:0")  # rank 1, epoch 1, first global batch
+    code, log = train([*TINY, "--max-new-tokens", "2", "--eval-every", "0", "--max-steps", "1", "--out", str(out)])
+    assert code == 0, log[-3000:]
+    [alert] = of_type(events(out), "alert")
+    assert alert["kind"] == "nonfinite_loss" and alert["rank"] == 1
+    assert [e["step"] for e in of_type(events(out), "train")] == [1]
+    # The one step taken is the one a run that never saw batch 0 takes: on batch 1.
+    trained = load_model("tiny", str(out / "tiny-sft.pth"))[0].state_dict()
+    expected = one_step_reference(batch_index=1)
+    assert max(float((trained[k] - expected[k]).abs().max()) for k in expected) <= 1e-6
+
+
+def test_too_many_bad_steps_fail_the_run(tmp_path, no_leftovers, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_NAN", "0:1:0")
+    code, log = train([*TINY, "--max-new-tokens", "2", "--eval-every", "0", "--max-steps", "3",
+                       "--max-bad-steps", "1", "--out", str(out)])
+    assert code != 0
+    end = events(out)[-1]
+    assert end["status"] == "failed" and "--max-bad-steps 1" in end["error"]
+
+
+def test_resume_on_one_rank_after_two(tmp_path, no_leftovers):
+    # A micro-batch that fits the memory: on 1 rank, accumulation doubles to keep the global batch.
+    args = [*TINY, "--max-new-tokens", "2", "--eval-every", "0", "--max-steps", "6", "--save-every", "3",
+            "--zero-stage", "2", "--micro-batch", "4"]
+    reference_dir = tmp_path / "reference"
+    code, log = train([*args, "--out", str(reference_dir)])
+    assert code == 0, log[-3000:]
+
+    out = tmp_path / "run"
+    proc = start([*args, "--out", str(out)])
+    try:
+        wait_for(lambda: step_logged(out, 4), 240, "step 4")
+    finally:
+        kill_group(proc, signal.SIGKILL)
+    proc.communicate()
+    code, log = train([*args, "--out", str(out), "--resume"], ranks=1)
+    assert code == 0, log[-3000:]
+    assert (out / "checkpoints" / "global_step3_universal").is_dir()
+    last = of_type(events(out), "run_start")[-1]
+    assert (last["world_size"], last["grad_accum"], last["global_batch"]) == (1, 2, 8)
+    difference = max_difference(weights(out), weights(reference_dir))
+    print(f"2 -> 1 ranks: max |dw| = {difference:.3g}")
+    assert difference <= 1e-4
+
+
+def test_resume_refuses_a_different_run(reference, tmp_path):
+    cases = [
+        (["--global-batch", "16"], "cannot resume with a different --global-batch: the run has 8, now 16"),
+        (["--model", "gpt2-small"], "cannot resume with a different --model: the run has tiny, now gpt2-small"),
+    ]
+    changed = tmp_path / "data.json"
+    changed.write_bytes(Path(TINY[5]).read_bytes().replace(b"friend", b"fiend", 1))
+    cases.append((["--data", str(changed)], "cannot resume with a different --data (sha256)"))
+    for extra, message in cases:
+        proc = subprocess.run(
+            [sys.executable, str(REPO / "launch" / "train.py"), *TINY, "--out", str(reference), "--resume", *extra],
+            capture_output=True, text=True, timeout=120, cwd=REPO, env={**os.environ, "DS_ACCELERATOR": "cpu"},
+        )
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and message in errors[0], proc.stderr[-2000:]
+
+
+def test_export_consolidates_a_zero3_checkpoint_without_its_ranks(tmp_path, no_leftovers):
+    from trainer.weights import load_model
+
+    out = tmp_path / "run"
+    code, log = train([*TINY, "--max-new-tokens", "2", "--eval-every", "0", "--max-steps", "4",
+                       "--save-every", "2", "--zero-stage", "3", "--out", str(out)])
+    assert code == 0, log[-3000:]
+    for step in (None, 2):
+        cmd = [sys.executable, "-m", "trainer.export", str(out)] + ([] if step is None else ["--step", str(step)])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    final = load_model("tiny", str(out / "exports" / "global_step4" / "tiny-sft.pth"))[0].state_dict()
+    trained = load_model("tiny", str(out / "tiny-sft.pth"))[0].state_dict()
+    assert max(float((final[k] - trained[k]).abs().max()) for k in trained) <= 1e-6
+    early = load_model(None, str(out / "exports" / "global_step2" / "hf"))[0].state_dict()
+    assert max(float((early[k] - trained[k]).abs().max()) for k in trained) > 0  # an earlier model
+    proc = subprocess.run([sys.executable, "-m", "trainer.export", str(out), "--step", "3"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "no complete checkpoint at step 3 (there are: 2, 4)" in proc.stderr

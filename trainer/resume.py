@@ -1,0 +1,89 @@
+"""`--resume`: which run to continue, whether it may be continued, and from where.
+
+The run is --out, or without it the newest run under runs/ that did not complete. It continues
+from its latest complete checkpoint (trainer/checkpoint.py). A changed model, data file or global
+batch would silently make a different run: those are refused, naming what differs, by comparing
+with the provenance in the run's config.json. The number of ranks may change (the global batch
+stays; the checkpoint is converted to DeepSpeed's universal format).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from trainer import checkpoint
+from trainer.rundir import sha256_file
+
+
+@dataclass
+class ResumePoint:
+    run_dir: Path
+    attempt: int  # this attempt's number (previous attempts + 1)
+    tag: str | None  # checkpoint to load; None: no complete checkpoint yet, start over
+    progress: dict | None  # the checkpoint's progress.json
+    zero_stage: int  # the stage the checkpoint was written with
+
+
+def read_events(path: Path) -> list[dict]:
+    events = []
+    if path.is_file():
+        for line in path.read_bytes().splitlines():
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue  # a line cut by a kill
+    return events
+
+
+def run_status(run_dir: Path) -> str | None:
+    """The status of the last run_end, or None when the last attempt has none (killed)."""
+    status = None
+    for event in read_events(run_dir / "metrics.jsonl"):
+        if event.get("type") == "run_start":
+            status = None
+        elif event.get("type") == "run_end":
+            status = event.get("status")
+    return status
+
+
+def newest_unfinished(runs_root: Path) -> Path:
+    candidates = [
+        p for p in runs_root.glob("*/config.json") if run_status(p.parent) != "completed"
+    ] if runs_root.is_dir() else []
+    if not candidates:
+        raise ValueError(f"no unfinished run under {runs_root}/ to resume: pass --out RUN_DIR")
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent
+
+
+def find(out: str | None, model: str, data_path: Path, global_batch: int) -> ResumePoint:
+    run_dir = Path(out) if out else newest_unfinished(Path("runs"))
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no config.json) to resume")
+    if run_status(run_dir) == "completed":
+        raise ValueError(f"{run_dir}: the run already completed; nothing to resume")
+    recorded = orjson.loads(config_file.read_bytes())
+    then = {
+        "--model": recorded["config"]["model"],
+        "--data (sha256)": recorded["provenance"]["data"]["sha256"],
+        "--global-batch": recorded["config"]["global_batch"],
+    }
+    now = {"--model": model, "--data (sha256)": sha256_file(data_path), "--global-batch": global_batch}
+    for what in then:
+        if then[what] != now[what]:
+            raise ValueError(
+                f"{run_dir}: cannot resume with a different {what}: the run has {then[what]}, now {now[what]}"
+            )
+    directory = checkpoint.checkpoint_dir(run_dir)
+    tag = checkpoint.latest_tag(directory) if directory.is_dir() else None
+    attempts = sum(1 for e in read_events(run_dir / "metrics.jsonl") if e.get("type") == "run_start")
+    return ResumePoint(
+        run_dir=run_dir,
+        attempt=attempts + 1,
+        tag=tag,
+        progress=checkpoint.read_progress(directory, tag) if tag else None,
+        zero_stage=recorded["ds_config"]["zero_optimization"]["stage"],
+    )
