@@ -38,3 +38,30 @@ def rank_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
 
 def micro_batches(indices: list[int], micro_batch: int) -> list[list[int]]:
     return [indices[i : i + micro_batch] for i in range(0, len(indices), micro_batch)]
+
+
+# Examples are sorted by length within windows of this many global batches, as Hugging Face's
+# LengthGroupedSampler (its megabatches of 50 batches): batches of near-equal lengths, while the
+# examples that meet in a batch still change from epoch to epoch.
+GROUPING_WINDOW_BATCHES = 50
+
+
+def group_by_length_order(lengths: list[int], seed: int, epoch: int, global_batch: int) -> list[list[int]]:
+    """The global batches of one epoch, each of examples of similar length.
+
+    The epoch takes the same examples as the plain path (epoch_order, less the incomplete last
+    batch that drop_last drops), each once. Within windows of GROUPING_WINDOW_BATCHES batches they
+    are sorted by length (longest first; ties keep their random order) and cut into batches, and
+    the batches are then shuffled among themselves so the loss curve has no length trend. A pure
+    function of (lengths, seed, epoch, global batch), never of the world size.
+    """
+    order = epoch_order(len(lengths), seed, epoch)
+    kept = order[: len(order) - len(order) % global_batch]
+    window = global_batch * GROUPING_WINDOW_BATCHES
+    batches = []
+    for start in range(0, len(kept), window):
+        by_length = sorted(kept[start : start + window], key=lambda i: -lengths[i])
+        batches += global_batches(by_length, global_batch)
+    # A stream apart from epoch_order's: its seeds (seed * 1_000_003 + epoch) are never negative.
+    generator = torch.Generator().manual_seed(-(seed * 1_000_003 + epoch) - 1)
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]

@@ -8,19 +8,30 @@ weights is a matter of transposing the Conv1D matrices (see trainer/weights.py).
 
 Attention goes through torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient
 kernels on GPUs). For generation, a KVCache (gpt-fast style: preallocated per layer) lets a decode
-step feed one token per row.
+step feed one token per row. For packed training rows (trainer/packing.py) the mask is either a
+boolean tensor (SDPA) or a FlexAttention BlockMask, which skips the blocks no query may see.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention.flex_attention import BlockMask, flex_attention
+from torch.utils.checkpoint import checkpoint
 
 EOT_TOKEN_ID = 50256  # <|endoftext|>
+
+
+@functools.cache
+def compiled_flex_attention():
+    # FlexAttention is fast only compiled (eager, it is a reference implementation that
+    # materialises the scores). Made on first use: torch.compile imports the compiler (seconds).
+    return torch.compile(flex_attention, dynamic=False)
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,11 @@ class CausalSelfAttention(nn.Module):
         if attn_mask is None:
             # Plain causal self-attention over the T positions (training, full recomputation).
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        elif isinstance(attn_mask, BlockMask):
+            # Packed rows on GPUs (trainer/packing.py). FlexAttention has no attention dropout.
+            if dropout_p:
+                raise ValueError("packed rows with a BlockMask take no attention dropout: use --dropout 0")
+            y = compiled_flex_attention()(q, k, v, block_mask=attn_mask)
         else:
             # attn_mask: bool (B or 1, 1, T, keys), True where a query may attend.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
@@ -148,6 +164,11 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
+        # Recompute each block's activations in the backward instead of keeping them (Chen et al.
+        # 2016, "Training Deep Nets with Sublinear Memory Cost"): about a third more compute for
+        # one block's activations instead of all. A switch of the training run, not of the
+        # architecture: it changes no weight and no output, so it is not in GPTConfig.
+        self.activation_checkpointing = False
         self.transformer = nn.ModuleDict(
             dict(
                 wte=nn.Embedding(config.vocab_size, config.emb_dim),
@@ -193,6 +214,7 @@ class GPT(nn.Module):
 
         positions: (B, T) or (T,) position ids; default 0..T-1 (training, full recomputation).
         attn_mask: bool mask broadcastable to (B, heads, T, keys), True = may attend; default causal.
+            Or a FlexAttention BlockMask (packed rows on GPUs, trainer/packing.py).
         cache_start: with caches set up (setup_caches), where these T tokens go in the cache.
         """
         B, T = idx.shape
@@ -203,7 +225,11 @@ class GPT(nn.Module):
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)
         x = self.transformer.drop(x)
         for block in self.transformer.h:
-            x = block(x, attn_mask=attn_mask, cache_start=cache_start)
+            if self.activation_checkpointing and self.training:
+                # Non-reentrant: the recommended variant, which torch.compile and ZeRO-3 hooks follow.
+                x = checkpoint(block, x, attn_mask, cache_start, use_reentrant=False)
+            else:
+                x = block(x, attn_mask=attn_mask, cache_start=cache_start)
         x = self.transformer.ln_f(x)
         return self.lm_head(x)
 

@@ -63,8 +63,6 @@ def find(out: str | None, model: str, data_path: Path, global_batch: int) -> Res
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{run_dir}: not a run directory (no config.json) to resume")
-    if run_status(run_dir) == "completed":
-        raise ValueError(f"{run_dir}: the run already completed; nothing to resume")
     recorded = orjson.loads(config_file.read_bytes())
     then = {
         "--model": recorded["config"]["model"],
@@ -77,6 +75,8 @@ def find(out: str | None, model: str, data_path: Path, global_batch: int) -> Res
             raise ValueError(
                 f"{run_dir}: cannot resume with a different {what}: the run has {then[what]}, now {now[what]}"
             )
+    if run_status(run_dir) == "completed":
+        raise ValueError(f"{run_dir}: the run already completed; nothing to resume")
     directory = checkpoint.checkpoint_dir(run_dir)
     tag = checkpoint.latest_tag(directory) if directory.is_dir() else None
     attempts = sum(1 for e in read_events(run_dir / "metrics.jsonl") if e.get("type") == "run_start")
