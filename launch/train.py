@@ -12,7 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from trainer.config import TrainConfig  # noqa: E402
 
@@ -68,7 +69,7 @@ def parser() -> argparse.ArgumentParser:
 
     r = p.add_argument_group("runtime")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest unfinished run under runs/)")
-    r.add_argument("--ds-config", default=DEFAULTS.ds_config, help="DeepSpeed config (ZeRO, bf16, communication)")
+    r.add_argument("--ds-config", default=str(REPO / DEFAULTS.ds_config), help="DeepSpeed config (ZeRO, bf16, communication)")
     r.add_argument("--dist-timeout", type=float, default=DEFAULTS.dist_timeout, help="seconds a collective waits for a dead or hung rank")
     r.add_argument("--dry-run", action="store_true", help="print sizes, steps and memory estimates, then exit")
     r.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher

@@ -6,6 +6,7 @@ config, tokenizer, data and weights are all checked before the run directory is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -78,6 +79,21 @@ def provenance(config: TrainConfig, data: RunData, weights_info) -> dict:
     }
 
 
+@contextlib.contextmanager
+def offline_hint():
+    """A failed download names every flag that replaces one: offline, all three are needed."""
+    from trainer.fetch import DownloadError
+    from trainer.tokenizer import TokenizerError
+
+    try:
+        yield
+    except (DownloadError, TokenizerError) as e:
+        raise ValueError(
+            f"{e} [offline: the run fetches the tokenizer, the data and the weights; give local copies "
+            "with --tokenizer-dir DIR --data PATH --weights PATH]"
+        ) from None
+
+
 def on_main(dist_info, fn, *args):
     """Run fn on rank 0 only; every rank gets its result, or raises its error as a ValueError."""
     result = error = None
@@ -122,7 +138,8 @@ def run(config: TrainConfig, dist_info) -> int:
     layout = batch_layout(config.global_batch, config.micro_batch, dist_info.world_size)
     precision = resolve_precision(config.precision, dist_info.device)
     ds_config, overridden = build_ds_config(read_ds_config(config.ds_config), config, layout, precision)
-    data = prepare_data(config)
+    with offline_hint():
+        data = prepare_data(config)
     if config.dry_run:
         if dist_info.is_main:
             from trainer.dryrun import dry_run_model, report
@@ -130,7 +147,8 @@ def run(config: TrainConfig, dist_info) -> int:
             report(config, layout, dry_run_model(config), data, precision, ds_config["zero_optimization"]["stage"])
         return 0
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    model, weights_info = load_model(config.model, config.weights, dropout=config.dropout)
+    with offline_hint():
+        model, weights_info = load_model(config.model, config.weights, dropout=config.dropout)
 
     # The run directory: rank 0 decides, every rank learns it before any file is written.
     if config.resume:

@@ -1,0 +1,92 @@
+"""Fixtures for the dashboard's tests: synthetic run directories, a clock the test sets, and
+helpers that read what is on the (headless) screen."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+
+from tests.tui.synthetic import RunWriter
+from tui.app import DashboardApp, DashboardConfig, DashboardScreen
+from tui.state import Thresholds
+
+RUN_NAME = "20261125-140000-gpt2-medium"
+
+
+class Clock:
+    """The dashboard's clock, set by the test."""
+
+    def __init__(self, now: float):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """Async tests run on asyncio through anyio's pytest plugin (`pytest.mark.anyio`)."""
+    return "asyncio"
+
+
+@pytest.fixture
+def writer(tmp_path) -> RunWriter:
+    return RunWriter(tmp_path / RUN_NAME)
+
+
+def mid_run(writer: RunWriter) -> RunWriter:
+    """120 of 232 steps, evals every 20, a checkpoint, an alert, two heartbeating ranks."""
+    writer.start()
+    writer.steps(1, 100, eval_every=20)
+    writer.checkpoint(100)
+    writer.steps(101, 120, eval_every=20)
+    writer.alert(57, "nonfinite_loss", "loss is nan on rank 1; global batch skipped", rank=1)
+    writer.heartbeat(0, 120, "backward", phase_for=0.3)
+    writer.heartbeat(1, 120, "forward", phase_for=0.1)
+    return writer
+
+
+def make_app(run_dir: Path, clock: Clock, interval_s: float = 0.05, **thresholds) -> DashboardApp:
+    return DashboardApp(run_dir, DashboardConfig(interval_s=interval_s, thresholds=Thresholds(**thresholds)),
+                        clock=clock)
+
+
+@asynccontextmanager
+async def following_mid_run(writer: RunWriter, clock: Clock | None = None, size=(80, 24), **thresholds):
+    """The app following `mid_run(writer)`, once the mid-run state is on screen."""
+    mid_run(writer)
+    app = make_app(writer.run_dir, clock or Clock(writer.time), **thresholds)
+    async with app.run_test(size=size) as pilot:
+        await wait_for_text(pilot, "step 120/232")
+        yield app, pilot
+
+
+def screen_text(app: DashboardApp) -> str:
+    """The screen as plain text, as a terminal would show it."""
+    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
+
+
+async def wait_for(pilot, condition, timeout: float = 10.0) -> None:
+    """Let the app run until `condition()` holds (the worker polls every 50 ms in tests)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out; screen:\n{screen_text(pilot.app)}")
+        await pilot.pause(0.05)
+
+
+async def wait_for_text(pilot, text: str, timeout: float = 10.0) -> None:
+    await wait_for(pilot, lambda: text in screen_text(pilot.app), timeout)
+
+
+async def settle(pilot) -> None:
+    """Wait until the worker has polled and the screen has been redrawn since."""
+    screen = pilot.app.screen
+    assert isinstance(screen, DashboardScreen)
+    polls = screen.polls
+    await wait_for(pilot, lambda: screen.polls >= polls + 2)
+    screen.redraw()
+    await pilot.pause()

@@ -1,0 +1,235 @@
+"""The dashboard under Textual's `run_test()` with a Pilot: real files, the real worker thread,
+the clock injected."""
+
+from __future__ import annotations
+
+import os
+
+import orjson
+import pytest
+from rich.color import Color
+
+from tests.tui.conftest import (Clock, following_mid_run, make_app, mid_run, screen_text, settle, wait_for,
+                               wait_for_text)
+from tests.tui.synthetic import RunWriter, judge_summary
+from tui.app import DashboardScreen, RunsScreen
+from tui.widgets import LossChart
+
+pytestmark = pytest.mark.anyio
+
+
+STRAGGLER_RED = Color.parse("dark_red").get_truecolor().hex
+
+
+def background(app, host: str) -> str:
+    """The background colour (#rrggbb) of the host's cell in the ranks table."""
+    for strip in app.screen._compositor.render_strips():
+        if not strip.text.startswith("│"):  # a row inside a panel, not the header
+            continue
+        for segment in strip:
+            if host in segment.text:
+                return segment.style.bgcolor.get_truecolor().hex
+    raise AssertionError(f"{host!r} not on screen")
+
+
+async def test_shows_header_loss_throughput_ranks_and_alert(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        text = screen_text(app)
+        lines = text.splitlines()
+        assert lines[0].startswith(" 20261125-140000-gpt2-medium  gpt2-medium  2 ranks on node0,node1")
+        assert "RUNNING" in lines[0]
+        assert "52% epoch 2/2" in lines[1] and "ETA 56 s" in lines[1]
+        assert "⚠ nonfinite_loss: loss is nan on rank 1; global batch skipped" in lines[2]
+        assert "━ train 0.700  ━ val 0.800" in text  # loss_at(120) = 0.6996
+        assert "best val 0.800 @120" in text
+        assert "tokens/s      840" in text and "MFU         40.0%" in text
+        assert "grad norm     3.1" in text and "lr       5.00e-05" in text
+        node0 = next(line for line in lines if "node0 " in line)
+        assert node0.split()[1:10] == ["0", "node0", "backward", "0", "s", "120", "0", "0", "s"]
+        assert background(app, "node1") != STRAGGLER_RED
+
+
+async def test_follows_events_appended_while_it_runs(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        writer.steps(121, 140, eval_every=20)
+        writer.train(141, loss=0.5)
+        await wait_for_text(pilot, "step 141/232")
+        assert "━ train 0.500" in screen_text(app)
+        writer.end("completed", 141)
+        await wait_for_text(pilot, "COMPLETED")
+        assert "best val 0.760 @140  final val 0.652" in screen_text(app)
+
+
+async def test_straggler_is_highlighted_and_alerted(writer):
+    clock = Clock(1000.0)
+    async with following_mid_run(writer, clock, stall_after_s=60) as (app, pilot):
+        clock.now = 1050.0
+        writer.heartbeat(0, 120, "backward")  # rank 0 is heard again, rank 1 is not
+        await settle(pilot)
+        clock.now = 1061.0
+        await settle(pilot)
+        text = screen_text(app)
+        assert "⚠ rank 1 straggler: silent 1:01" in text
+        assert "STALLED" in text  # metrics.jsonl has not grown for 61 s either
+        assert background(app, "node1") == STRAGGLER_RED
+        assert background(app, "node0") != STRAGGLER_RED
+        await pilot.press("tab", "tab")  # the events panel
+        await wait_for_text(pilot, "rank 1 straggler: silent 1:01")
+
+
+async def test_pause_stops_following_until_resumed(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        await pilot.press("p")
+        assert "PAUSED" in screen_text(app)
+        screen = app.screen
+        polls = screen.polls
+        writer.steps(121, 125)
+        await pilot.pause(0.5)  # ten poll intervals
+        assert screen.polls == polls and "step 120/232" in screen_text(app)
+        await pilot.press("p")
+        await wait_for_text(pilot, "step 125/232")
+        assert "PAUSED" not in screen_text(app)
+
+
+async def test_keys_smooth_log_tab_help_quit(writer):
+    (writer.run_dir / "instruction-data-with-response.summary.json").write_bytes(orjson.dumps(judge_summary()))
+    async with following_mid_run(writer) as (app, pilot):
+        chart = app.screen.query_one(LossChart)
+        await pilot.press("s")
+        assert chart.smooth and "Loss (ema)" in screen_text(app)
+        assert "(ema 0.7" in screen_text(app)
+        await pilot.press("l")
+        assert chart.log_y and "Loss (ema, log)" in screen_text(app)
+        await pilot.press("s", "l")
+        assert "─ Loss ─" in screen_text(app)
+        titles = []
+        for _ in range(4):
+            titles.append(next(line for line in screen_text(app).splitlines()[13:] if "╭─" in line))
+            await pilot.press("tab")
+        assert [t.split()[1] for t in titles] == ["Ranks", "Samples", "Events", "Judge"]
+        assert "╭─ Ranks" in screen_text(app)  # and round again
+        await pilot.press("tab", "tab", "tab")
+        text = screen_text(app)
+        assert "model_response  mean 51.75  95% CI [47.2, 56.3]" in text
+        assert "scored 108/110  failed 1  unparseable 1" in text
+        await pilot.press("question_mark")
+        await wait_for_text(pilot, "this help (any key closes it)")
+        await pilot.press("x")
+        await wait_for(pilot, lambda: "this help" not in screen_text(app))
+        assert isinstance(app.screen, DashboardScreen)
+        await pilot.press("q")
+        await wait_for(pilot, lambda: not app.is_running)
+
+
+async def test_samples_and_events_panels(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        await pilot.press("tab")
+        text = screen_text(app)
+        assert "prompt Convert the active sentence to passive" in text
+        samples = [line for line in text.splitlines() if "The meal is cooked" in line]
+        assert samples[0].split()[1:3] == ["step", "120"] and samples[1].split()[1:3] == ["step", "100"]
+        await pilot.press("tab")
+        text = screen_text(app)
+        assert "checkpoint checkpoints/global_step100 (1.8 s)" in text
+        assert "s57 nonfinite_loss: loss is nan on rank 1" in text
+
+
+async def test_waits_for_a_run_directory_that_does_not_exist_yet(tmp_path):
+    run_dir = tmp_path / "20261125-150000-tiny"
+    app = make_app(run_dir, Clock(0.0))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(pilot)
+        assert "WAITING" in screen_text(app) and "0 events" in screen_text(app)
+        assert "waiting for the first step" in screen_text(app)
+        assert "no heartbeats yet" in screen_text(app)
+        writer = RunWriter(run_dir)
+        writer.start()
+        writer.steps(1, 3)
+        await wait_for_text(pilot, "step 3/232")
+        assert "RUNNING" in screen_text(app)
+
+
+async def test_partial_and_corrupt_lines(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        assert "corrupt" not in screen_text(app)
+        writer.time += 0.5
+        line = orjson.dumps({"v": 1, "type": "train", "time": writer.time, "step": 121, "loss": 0.4}) + b"\n"
+        with open(writer.metrics, "ab") as f:
+            f.write(b"{this is not json\n" + line[:20])
+            f.flush()
+        await wait_for_text(pilot, "corrupt lines: 1")
+        await settle(pilot)
+        assert "step 120/232" in screen_text(app)  # the half line waits for its end
+        with open(writer.metrics, "ab") as f:
+            f.write(line[20:])
+        await wait_for_text(pilot, "step 121/232")
+        assert "━ train 0.400" in screen_text(app)
+
+
+async def test_replaced_and_truncated_files_are_reloaded(writer, tmp_path):
+    async with following_mid_run(writer) as (app, pilot):
+        other = RunWriter(tmp_path / "other", total_steps=50)
+        other.start()
+        other.steps(1, 7)
+        os.replace(other.metrics, writer.metrics)
+        await wait_for_text(pilot, "step 7/50")
+        assert "⚠" not in screen_text(app)  # the old run's alert went with its file
+        with open(writer.metrics, "r+b") as f:
+            f.truncate(0)
+        await wait_for_text(pilot, "WAITING")
+        other.start()
+        other.steps(1, 2)
+        with open(writer.metrics, "ab") as f:
+            f.write(other.metrics.read_bytes())
+        await wait_for_text(pilot, "step 2/50")
+
+
+async def test_resumed_run_continues_without_zigzag(writer):
+    writer.start()
+    writer.steps(1, 30, eval_every=10)
+    writer.checkpoint(20)
+    writer.end("interrupted", 30)
+    app = make_app(writer.run_dir, Clock(writer.time))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "INTERRUPTED")
+        writer.start(resumed_from_step=20)
+        await wait_for_text(pilot, "step 20/232")
+        assert "RUNNING" in screen_text(app)
+        steps = [b.step for b in app.screen.state.series["loss"].points()]
+        assert steps == list(range(1, 21))
+        writer.steps(21, 22)
+        await wait_for_text(pilot, "step 22/232")
+        await pilot.press("tab", "tab")
+        assert "attempt 2 resumed from step 20" in screen_text(app)
+
+
+async def test_large_terminal_shows_every_panel(writer):
+    async with following_mid_run(writer, size=(140, 44)) as (app, pilot):
+        text = screen_text(app)
+        for title in ("Loss", "Throughput", "Ranks", "Samples", "Events", "Judge"):
+            assert f"╭─ {title} " in text
+        assert "straggler" in text  # the wide ranks table has a column saying why
+
+
+async def test_runs_list_opens_a_run(tmp_path):
+    old = RunWriter(tmp_path / "runs" / "20261124-090000-tiny", model="tiny", total_steps=10)
+    old.start()
+    old.steps(1, 10)
+    old.end("completed", 10)
+    os.utime(old.metrics, (old.time, old.time))
+    new = RunWriter(tmp_path / "runs" / "20261125-140000-gpt2-medium")
+    mid_run(new)
+    os.utime(new.metrics, (new.time, new.time))
+    app = make_app(tmp_path / "runs", Clock(new.time + 30))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "20261124-090000-tiny")
+        assert isinstance(app.screen, RunsScreen)
+        lines = screen_text(app).splitlines()
+        first = next(i for i, line in enumerate(lines) if "20261125-140000-gpt2-medium" in line)
+        assert lines[first].split()[1:] == ["running", "gpt2-medium", "120/232", "0.700", "30", "s"]
+        assert lines[first + 1].split()[1:5] == ["completed", "tiny", "10/10", "2.158"]
+        await pilot.press("down", "enter")
+        await wait_for_text(pilot, "step 10/10")
+        assert "COMPLETED" in screen_text(app)
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))

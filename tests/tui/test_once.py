@@ -1,0 +1,97 @@
+"""`python -m tui --once` (the real CLI in a subprocess) and the text it prints."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+import orjson
+
+from tests.conftest import REPO
+from tests.tui.conftest import mid_run
+from tests.tui.synthetic import RunWriter, judge_summary
+from tui.once import read_run, run_summary
+from tui.state import Thresholds
+
+
+def once(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tui", "--once", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+
+
+def touch(writer: RunWriter, when: float) -> None:
+    for path in [writer.metrics, *writer.run_dir.glob("ranks/*.jsonl")]:
+        os.utime(path, (when, when))
+
+
+def test_once_prints_the_run(writer):
+    mid_run(writer)
+    (writer.run_dir / "scores.summary.json").write_bytes(orjson.dumps(judge_summary()))
+    result = once(writer.run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:6] == [
+        "run       20261125-140000-gpt2-medium  gpt2-medium  2 ranks on node0,node1",
+        "status    running",
+        "step      120/232 (52%)  epoch 2/2  elapsed 1:05  ETA 56 s",
+        "loss      train 0.700  val 0.800  best val 0.800 @120",
+        "speed     tokens/s 840  samples/s 16  MFU 40.0%  lr 5.00e-05  grad norm 3.1",
+        "alert     nonfinite_loss: loss is nan on rank 1; global batch skipped",
+    ]
+    assert any(line.split()[:3] == ["1", "node1", "forward"] for line in lines)
+    assert "    +55 s   s100 checkpoint checkpoints/global_step100 (1.8 s)" in lines
+    assert "model_response  mean 51.75  95% CI [47.2, 56.3]" in lines
+
+
+def test_once_says_stalled_and_names_silent_ranks(writer):
+    mid_run(writer)
+    touch(writer, time.time() - 600)
+    result = once(writer.run_dir, "--stall-after", 300)
+    assert "status    stalled" in result.stdout.splitlines()
+    rows = [line for line in result.stdout.splitlines() if "node" in line and "silent" in line]
+    assert len(rows) == 2 and rows[0].endswith("silent 10:00")
+
+
+def test_once_uses_the_same_status_words_as_the_app(writer):
+    writer.start()
+    writer.steps(1, 10)
+    writer.end("failed", 10, error="RuntimeError: NCCL timeout")
+    state = read_run(writer.run_dir, Thresholds(), now=time.time())
+    text = run_summary(state, writer.run_dir.name, time.time())
+    assert text.splitlines()[1] == "status    failed"
+    assert "error     RuntimeError: NCCL timeout" in text.splitlines()
+
+
+def test_once_lists_runs(tmp_path):
+    for name, status in (("20261124-090000-tiny", "completed"), ("20261125-090000-tiny", "interrupted")):
+        writer = RunWriter(tmp_path / "runs" / name, model="tiny", total_steps=10)
+        writer.start()
+        writer.steps(1, 4)
+        writer.end(status, 4)
+    result = once(tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["run", "status", "model", "step", "loss", "age"]
+    assert sorted(line.split()[:4] for line in lines[1:]) == [
+        ["20261124-090000-tiny", "completed", "tiny", "4/10"],
+        ["20261125-090000-tiny", "interrupted", "tiny", "4/10"],
+    ]
+
+
+def test_bad_paths_give_one_line_and_a_nonzero_exit(tmp_path):
+    result = once(tmp_path / "missing")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == f"python -m tui: {tmp_path / 'missing'}: no such run directory\n"
+    (tmp_path / "file").write_text("x")
+    result = once(tmp_path / "file")
+    assert result.returncode == 2 and result.stderr.splitlines()[-1].endswith(f"{tmp_path / 'file'}: not a directory")
+
+
+def test_imports_nothing_from_the_trainer_torch_or_deepspeed():
+    code = ("import sys, tui.__main__, tui.app, tui.once; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'deepspeed', 'trainer', 'judge'}))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "[]\n"

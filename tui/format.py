@@ -1,0 +1,44 @@
+"""Short human formats for numbers, sizes and durations, shared by the screen and `--once`."""
+
+from __future__ import annotations
+
+
+def format_duration(seconds: float | None) -> str:
+    """1:02:03, 2:03 or 45 s; "-" when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}:{minutes:02d}:{secs:02d}"
+    if minutes:
+        return f"{minutes}:{secs:02d}"
+    return f"{secs} s"
+
+
+def format_count(value: float | None) -> str:
+    """1520.4 -> 1.52k; "-" when unknown."""
+    if value is None:
+        return "-"
+    for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= limit:
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
+def format_bytes(value: float | None) -> str:
+    if value is None:
+        return "-"
+    for limit, suffix in ((2**40, "T"), (2**30, "G"), (2**20, "M"), (2**10, "K")):
+        if value >= limit:
+            return f"{value / limit:.1f}{suffix}"
+    return f"{value:.0f}B"
+
+
+def format_loss(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"

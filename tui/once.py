@@ -1,0 +1,95 @@
+"""`python -m tui RUN_DIR --once`: the dashboard's content as plain text, for scripts, logs and
+cron. Same status words as the app (waiting, running, stalled, completed, interrupted, failed).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+from tui.follow import RunFollower
+from tui.format import format_loss
+from tui.runs import COLUMNS, RunSummary
+from tui.state import RunState, Thresholds, text_field
+from tui.widgets.events import events_text
+from tui.widgets.judge import judge_text
+from tui.widgets.ranks import ranks_table
+from tui.widgets.samples import samples_text
+from tui.widgets.throughput import THROUGHPUT_ROWS
+
+WIDTH = 100
+LAST_EVENTS = 8
+
+
+def read_run(run_dir: Path, thresholds: Thresholds, now: float) -> RunState:
+    """Read every file of the run once. With no earlier look to compare with, a file's mtime
+    stands for when it last grew (the file server's clock, not ours)."""
+    follower = RunFollower(run_dir, clock=lambda: now)
+    state = RunState(thresholds)
+    while True:
+        poll = follower.poll()
+        state.apply_poll(poll, now)
+        if not poll.more:
+            break
+    state.metrics_growth = mtime(follower.metrics.path)
+    for rank, heartbeat in state.heartbeats.items():
+        heartbeat.heard_at = mtime(follower.ranks[rank].path) or now
+    return state
+
+
+def mtime(path: Path) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
+def render_text(renderables: list[RenderableType]) -> str:
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=WIDTH, color_system=None, highlight=False, soft_wrap=False)
+    for renderable in renderables:
+        console.print(renderable)
+    return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
+
+
+def run_summary(state: RunState, name: str, now: float) -> str:
+    total, step, best, series = state.total_steps(), state.step(), state.best_val(), state.series
+    percent = f" ({100 * step / total:.0f}%)" if total else ""
+    lines = [
+        f"run       {name}  {state.describe()}".rstrip(),
+        f"status    {state.status(now)}",
+        f"step      {step}/{total or '?'}{percent}  {state.timing()}",
+        f"loss      train {format_loss(series['loss'].last)}  val {format_loss(series['val_loss'].last)}"
+        + (f"  best val {format_loss(best[0])} @{best[1]:.0f}" if best else "")
+        + (f"  final val {format_loss(state.final_val())}" if state.final_val() is not None else ""),
+        "speed     " + "  ".join(f"{label} {fmt(series[name].last)}" for name, label, fmt in THROUGHPUT_ROWS),
+    ]
+    end = state.run_end or {}
+    if text_field(end, "error"):
+        lines.append(f"error     {text_field(end, 'error')}")
+    alert = state.alert[0] if state.alert else None
+    if alert:
+        lines.append(f"alert     {alert}")
+    if state.corrupt_lines():
+        lines.append(f"corrupt   {state.corrupt_lines()} lines skipped")
+    renderables: list[RenderableType] = ["\n".join(lines), "\nranks"]
+    renderables.append(ranks_table(state.rank_rows(now), WIDTH))
+    renderables += [f"\nevents (last {LAST_EVENTS})", events_text(list(state.log)[-LAST_EVENTS:])]
+    if state.samples:
+        renderables += ["\nlatest sample", samples_text(state.sample_prompt, list(state.samples)[-1:])]
+    if state.judge:
+        renderables += ["\njudge", judge_text(state.judge)]
+    return render_text(renderables)
+
+
+def runs_listing(summaries: list[RunSummary]) -> str:
+    table = Table(box=None, padding=(0, 2), pad_edge=False, header_style="bold")
+    for column in COLUMNS:
+        table.add_column(column, no_wrap=True)
+    for summary in summaries:
+        table.add_row(*summary.cells())
+    return render_text([table if summaries else "no runs"])
