@@ -22,7 +22,8 @@ from trainer.config import TrainConfig, batch_layout, validate
 from trainer.engine import build_ds_config, build_engine, read_ds_config, resolve_precision
 from trainer.metrics import Heartbeat, MetricsWriter
 from trainer.loop import Progress
-from trainer.rundir import default_run_dir, git_commit, sha256_file, versions, write_config
+from trainer.fetch import sha256_file
+from trainer.rundir import default_run_dir, git_commit, versions, write_config
 from trainer.runlog import RunLog
 
 EXIT_FAILED = 1

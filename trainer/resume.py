@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 
 from trainer import checkpoint
-from trainer.rundir import sha256_file
+from trainer.fetch import sha256_file
 
 
 @dataclass

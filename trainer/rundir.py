@@ -8,7 +8,6 @@ the same run.
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import subprocess
 import time
@@ -21,14 +20,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 def default_run_dir(model: str, runs_root: Path = Path("runs")) -> Path:
     return runs_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{model}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def git_commit() -> str | None:

@@ -69,7 +69,6 @@ class RunLog:
         if not self.active:
             return
         p = trainer.progress
-        seq_len = trainer.config.max_length  # conservative; real padded length varies per batch
         tokens_per_s = result.tokens / result.seconds if result.seconds > 0 else None
         elapsed = time.time() - self.started
         done_this_attempt = p.step - trainer.resumed_from_step
@@ -79,7 +78,7 @@ class RunLog:
         if tokens_per_s is not None:
             mfu_value = mfu(
                 tokens_per_s / trainer.dist.world_size,
-                seq_len=result.seq_len or seq_len,
+                seq_len=result.seq_len,
                 device_name=self.device_name,
                 precision=self.precision,
                 **self.model_shape,
