@@ -124,7 +124,7 @@ def generate(
     with eval_mode(model):
         model.setup_caches(batch_size=len(prompts), max_length=width + steps - 1)
         try:
-            logits = model(idx, positions, prefill_mask[:, None], cache_start=0)[:, -1]
+            logits = model(idx, positions, prefill_mask[:, None], cache_start=0, last_only=True)[:, -1]
             done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
             for step in range(steps):
                 token = sample_next(logits, temperature, top_k, generator)
@@ -171,7 +171,7 @@ def generate_recompute(
     new_tokens: list[int] = []
     with eval_mode(model):
         while len(new_tokens) < max_new_tokens and idx.size(1) < context_length:
-            logits = model(idx)[:, -1]
+            logits = model(idx)[:, -1]  # as the chapter: every position's logits, the last one used
             token = sample_next(logits, temperature, top_k, generator)
             if token.item() == eos_id:
                 break

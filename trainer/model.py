@@ -209,6 +209,7 @@ class GPT(nn.Module):
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
         cache_start: int | None = None,
+        last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids idx (B, T).
 
@@ -216,6 +217,8 @@ class GPT(nn.Module):
         attn_mask: bool mask broadcastable to (B, heads, T, keys), True = may attend; default causal.
             Or a FlexAttention BlockMask (packed rows on GPUs, trainer/packing.py).
         cache_start: with caches set up (setup_caches), where these T tokens go in the cache.
+        last_only: logits of the last position only, (B, 1, vocab): a generation prefill needs
+            no more, and the vocabulary projection is the largest matmul of a short prompt.
         """
         B, T = idx.shape
         if positions is None:
@@ -230,7 +233,7 @@ class GPT(nn.Module):
                 x = checkpoint(block, x, attn_mask, cache_start, use_reentrant=False)
             else:
                 x = block(x, attn_mask=attn_mask, cache_start=cache_start)
-        x = self.transformer.ln_f(x)
+        x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         return self.lm_head(x)
 
     def setup_caches(self, batch_size: int, max_length: int, dtype=None, device=None) -> None:
