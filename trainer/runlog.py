@@ -18,7 +18,7 @@ class RunLog:
     def __init__(self, writer: MetricsWriter | None, model_shape: dict, device_name: str | None, precision: str):
         self.writer = writer
         self.active = writer is not None
-        self.console = Console(stderr=False, highlight=False)
+        self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
         self.model_shape = model_shape  # non_embedding_params, n_layers, emb_dim
         self.device_name = device_name
         self.precision = precision

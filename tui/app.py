@@ -22,6 +22,7 @@ from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from tui.follow import RunFollower
+from tui.format import literal
 from tui.runs import COLUMNS, RunSummary, is_run_dir, list_runs
 from tui.state import RunState, Thresholds
 from tui.widgets import (EventsPanel, JudgePanel, LossChart, RanksPanel, RunHeader, SamplesPanel,
@@ -194,7 +195,8 @@ class RunsScreen(Screen):
         self.paths: list[Path] = []
 
     def compose(self) -> ComposeResult:
-        yield Static(f"[b]runs in {self.root}[/b]   enter: open   r: reload   q: quit", id="runs-title")
+        title = literal(f"runs in {self.root}", style="bold")  # a path may hold [ ]
+        yield Static(title + "   enter: open   r: reload   q: quit", id="runs-title")
         yield DataTable(id="runs", cursor_type="row")
 
     def on_mount(self) -> None:
@@ -215,7 +217,7 @@ class RunsScreen(Screen):
         table.clear()
         self.paths = [summary.path for summary in summaries]
         for summary in summaries:
-            table.add_row(*summary.cells())
+            table.add_row(*map(literal, summary.cells()))  # run ids and models as is
         table.focus()
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:

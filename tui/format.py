@@ -1,6 +1,9 @@
-"""Short human formats for numbers, sizes and durations, shared by the screen and `--once`."""
+"""Short human formats for numbers, sizes and durations, shared by the screen and `--once`; and
+`literal()`, the one way text read from a run's files reaches Rich or Textual."""
 
 from __future__ import annotations
+
+from rich.text import Text
 
 
 def format_duration(seconds: float | None) -> str:
@@ -42,3 +45,13 @@ def format_loss(value: float | None) -> str:
 
 def format_percent(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}%"
+
+
+def literal(value: object, style: str = "") -> Text:
+    """`value` as text shown exactly as it is. Rich and Textual read a plain `str` as markup
+    (and Rich as :emoji: codes): a run's error `[/__w/.../pair.cc:537] Read error` would raise
+    MarkupError, a sample's `[red]` would turn red. Everything that comes from the run's files
+    (errors, alert messages, samples, hosts, models, run ids, paths) goes through here, or is
+    appended to a `Text` (which never parses markup); plain `str` is left to the dashboard's
+    own markup."""
+    return Text(str(value), style=style, end="")

@@ -12,7 +12,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 
 from tui.follow import RunFollower
-from tui.format import format_loss
+from tui.format import format_loss, literal
 from tui.runs import COLUMNS, RunSummary
 from tui.state import RunState, Thresholds, text_field
 from tui.widgets.events import events_text
@@ -49,10 +49,13 @@ def mtime(path: Path) -> float | None:
 
 
 def render_text(renderables: list[RenderableType]) -> str:
+    """Plain text: a `str` here (and in a table's cells) is printed as is, never read as markup or
+    emoji codes, since it carries what the run wrote (its error, alerts, hosts, model)."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=WIDTH, color_system=None, highlight=False, soft_wrap=False)
+    console = Console(file=buffer, width=WIDTH, color_system=None, highlight=False, soft_wrap=False,
+                      markup=False, emoji=False)
     for renderable in renderables:
-        console.print(renderable)
+        console.print(literal(renderable) if isinstance(renderable, str) else renderable)
     return "".join(line.rstrip() + "\n" for line in buffer.getvalue().splitlines())
 
 
@@ -91,5 +94,5 @@ def runs_listing(summaries: list[RunSummary]) -> str:
     for column in COLUMNS:
         table.add_column(column, no_wrap=True)
     for summary in summaries:
-        table.add_row(*summary.cells())
+        table.add_row(*map(literal, summary.cells()))
     return render_text([table if summaries else "no runs"])

@@ -29,10 +29,25 @@ GOLDEN_LOSSES = [
 
 @pytest.fixture(scope="module", params=[2, 3], ids=["zero2", "zero3"])
 def finished_run(request, tmp_path_factory):
-    out = tmp_path_factory.mktemp(f"zero{request.param}") / "run"
-    code, log = train([*TINY, *SHORT, "--zero-stage", str(request.param), "--out", str(out)])
+    """A user's ds_config that also sets what the flags own (batch size, optimizer): flags win."""
+    base = tmp_path_factory.mktemp(f"zero{request.param}")
+    ds_config = orjson.loads((REPO / "ds_config.json").read_bytes())
+    ds_config["zero_optimization"]["stage"] = request.param
+    ds_config["train_batch_size"] = 99
+    ds_config["optimizer"] = {"type": "SGD", "params": {"lr": 1.0}}
+    (base / "ds.json").write_bytes(orjson.dumps(ds_config))
+    out = base / "run"
+    code, log = train([*TINY, *SHORT, "--ds-config", str(base / "ds.json"), "--out", str(out)])
     assert code == 0, log[-4000:]
     return request.param, out, log
+
+
+def test_flags_win_over_a_ds_config_with_one_warning_each(finished_run):
+    _, out, log = finished_run
+    for key in ("train_batch_size", "optimizer"):
+        assert log.count(f"sets '{key}': the run's flags win") == 1, log[-3000:]
+    resolved = orjson.loads((out / "ds_config.json").read_bytes())
+    assert resolved["train_batch_size"] == 8 and "optimizer" not in resolved
 
 
 def test_run_writes_every_output(finished_run):

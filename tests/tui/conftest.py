@@ -7,9 +7,10 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import orjson
 import pytest
 
-from tests.tui.synthetic import RunWriter
+from tests.tui.synthetic import RunWriter, judge_summary
 from tui.app import DashboardApp, DashboardConfig, DashboardScreen
 from tui.state import Thresholds
 
@@ -46,6 +47,34 @@ def mid_run(writer: RunWriter) -> RunWriter:
     writer.alert(57, "nonfinite_loss", "loss is nan on rank 1; global batch skipped", rank=1)
     writer.heartbeat(0, 120, "backward", phase_for=0.3)
     writer.heartbeat(1, 120, "forward", phase_for=0.1)
+    return writer
+
+
+# Text a run may write that looks like Rich/Textual markup (or an emoji code): shown as is, never
+# parsed. The error is the shape of a real gloo failure, whose `[/__w/...]` made Rich raise
+# MarkupError (a closing tag with no opening one).
+MARKUP_RUN_NAME = "20261125-[bold]run"
+MARKUP_MODEL = "gpt2 [/x] [bold]"
+MARKUP_HOST = "n[/h][red]0"
+MARKUP_ERROR = "RuntimeError: [/__w/x.cc:537] Read error [bold]"
+MARKUP_ALERT = "loss is [red]boom[/red] :boom:"
+MARKUP_RESPONSE = "[bold]not bold[/bold] [/__w/x.cc:537] :smile:"
+MARKUP_JUDGE = "[/j]llama[red]3"
+
+
+def markup_run(run_dir: Path) -> RunWriter:
+    """A failed run whose every free-text field looks like markup."""
+    writer = RunWriter(run_dir, model=MARKUP_MODEL, hosts=[MARKUP_HOST, "node1"])
+    writer.start()
+    writer.steps(1, 20)
+    writer.sample(20, MARKUP_RESPONSE)
+    writer.alert(20, "nonfinite_loss", MARKUP_ALERT, rank=1)
+    writer.heartbeat(0, 20, "backward")
+    writer.heartbeat(1, 20, "forward")
+    writer.end("failed", 20, error=MARKUP_ERROR)
+    summary = judge_summary()
+    summary["judge"]["model"] = MARKUP_JUDGE
+    (writer.run_dir / "scores.summary.json").write_bytes(orjson.dumps(summary))
     return writer
 
 

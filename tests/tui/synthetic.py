@@ -27,10 +27,14 @@ class RunWriter:
     time: float = T0
     tokens_total: int = 0
     start_time: float = T0
+    hosts: list[str] | None = None  # rank r runs on hosts[r]; node<r> by default
 
     def __post_init__(self):
         self.run_dir = Path(self.run_dir)
         (self.run_dir / "ranks").mkdir(parents=True, exist_ok=True)
+
+    def host(self, rank: int) -> str:
+        return self.hosts[rank] if self.hosts else f"node{rank}"
 
     @property
     def metrics(self) -> Path:
@@ -54,7 +58,7 @@ class RunWriter:
         return self.emit({
             "type": "run_start", "run_id": self.run_dir.name, "model": self.model,
             "params": 354823168, "world_size": self.world_size,
-            "hosts": [f"node{i}" for i in range(self.world_size)], "zero_stage": 2,
+            "hosts": [self.host(i) for i in range(self.world_size)], "zero_stage": 2,
             "precision": "bf16", "micro_batch": 4, "global_batch": 4 * self.world_size,
             "grad_accum": 1, "steps_per_epoch": self.steps_per_epoch, "total_steps": self.total_steps,
             "epochs": math.ceil(self.total_steps / self.steps_per_epoch), "attempt": self.attempt,
@@ -110,7 +114,7 @@ class RunWriter:
     def heartbeat(self, rank: int, step: int, phase: str = "forward", phase_for: float = 0.2,
                   gpu: bool = False) -> dict:
         event = {
-            "v": 1, "type": "system", "time": self.time, "host": f"node{rank}", "rank": rank,
+            "v": 1, "type": "system", "time": self.time, "host": self.host(rank), "rank": rank,
             "local_rank": 0, "step": step, "phase": phase, "phase_since": self.time - phase_for,
             "cpu_percent": 96.0 + rank, "rss_bytes": 1_523_000_000 + rank * 1_000_000,
             "gpu_util_percent": 87.0 if gpu else None,

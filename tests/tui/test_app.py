@@ -9,11 +9,12 @@ import orjson
 import pytest
 from rich.color import Color
 
-from tests.tui.conftest import (Clock, following_mid_run, make_app, mid_run, screen_text, settle, wait_for,
-                               wait_for_text)
+from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
+                               MARKUP_RESPONSE, MARKUP_RUN_NAME, Clock, following_mid_run, make_app,
+                               markup_run, mid_run, screen_text, settle, wait_for, wait_for_text)
 from tests.tui.synthetic import RunWriter, judge_summary
 from tui.app import DashboardScreen, RunsScreen
-from tui.widgets import LossChart
+from tui.widgets import LossChart, RunHeader
 
 pytestmark = pytest.mark.anyio
 
@@ -30,6 +31,13 @@ def background(app, host: str) -> str:
             if host in segment.text:
                 return segment.style.bgcolor.get_truecolor().hex
     raise AssertionError(f"{host!r} not on screen")
+
+
+def widget_text(widget) -> str:
+    """What the widget shows on the screen, as plain text."""
+    region = widget.region
+    lines = screen_text(widget.app).splitlines()[region.y : region.bottom]
+    return "\n".join(line[region.x : region.right] for line in lines)
 
 
 async def test_shows_header_loss_throughput_ranks_and_alert(writer):
@@ -233,3 +241,42 @@ async def test_runs_list_opens_a_run(tmp_path):
         assert "COMPLETED" in screen_text(app)
         await pilot.press("escape")
         await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+
+
+async def test_markup_like_text_from_the_run_is_shown_as_is(tmp_path):
+    writer = markup_run(tmp_path / MARKUP_RUN_NAME)
+    app = make_app(writer.run_dir, Clock(writer.time))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "FAILED")
+        await settle(pilot)
+        screen = app.screen
+        header = widget_text(screen.query_one(RunHeader)).splitlines()
+        assert header[0].startswith(f" {MARKUP_RUN_NAME}  {MARKUP_MODEL}  2 ranks on {MARKUP_HOST},node1")
+        assert header[2].startswith(f" ⚠ run failed: {MARKUP_ERROR}")
+        ranks = widget_text(screen.query_one("#ranks-panel"))
+        assert any(line.split()[1:4] == ["0", MARKUP_HOST, "backward"] for line in ranks.splitlines())
+        await pilot.press("tab")
+        assert f"step 20 {MARKUP_RESPONSE}" in widget_text(screen.query_one("#samples-panel"))
+        await pilot.press("tab")
+        events = widget_text(screen.query_one("#events-panel"))
+        assert f"s20 nonfinite_loss: {MARKUP_ALERT}" in events
+        assert f"s20 run failed: {MARKUP_ERROR}" in events
+        await pilot.press("tab")
+        assert f"judge {MARKUP_JUDGE} (ollama)" in widget_text(screen.query_one("#judge-panel"))
+        assert app.is_running
+
+
+async def test_runs_list_shows_markup_like_names_as_is(tmp_path):
+    root = tmp_path / "runs [red]"
+    writer = markup_run(root / MARKUP_RUN_NAME)
+    app = make_app(root, Clock(writer.time))
+    async with app.run_test(size=(160, 24)) as pilot:
+        await wait_for_text(pilot, MARKUP_RUN_NAME)
+        assert widget_text(app.screen.query_one("#runs-title")).startswith(f"runs in {root}   enter: open")
+        row = next(line for line in widget_text(app.screen.query_one("#runs")).splitlines()
+                   if MARKUP_RUN_NAME in line)
+        assert row.split(MARKUP_RUN_NAME)[1].split()[:1] == ["failed"]
+        assert f" {MARKUP_MODEL} " in row
+        await pilot.press("enter")
+        await wait_for_text(pilot, "FAILED")
+        assert f"⚠ run failed: {MARKUP_ERROR}" in screen_text(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -10,7 +11,8 @@ import time
 import orjson
 
 from tests.conftest import REPO
-from tests.tui.conftest import mid_run
+from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
+                                MARKUP_RESPONSE, MARKUP_RUN_NAME, markup_run, mid_run)
 from tests.tui.synthetic import RunWriter, judge_summary
 from tui.once import read_run, run_summary
 from tui.state import Thresholds
@@ -62,6 +64,43 @@ def test_once_uses_the_same_status_words_as_the_app(writer):
     text = run_summary(state, writer.run_dir.name, time.time())
     assert text.splitlines()[1] == "status    failed"
     assert "error     RuntimeError: NCCL timeout" in text.splitlines()
+
+
+def test_once_prints_markup_like_text_from_the_run_as_is(tmp_path):
+    writer = markup_run(tmp_path / MARKUP_RUN_NAME)
+    result = once(writer.run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == f"run       {MARKUP_RUN_NAME}  {MARKUP_MODEL}  2 ranks on {MARKUP_HOST},node1"
+    assert lines[1] == "status    failed"
+    assert f"error     {MARKUP_ERROR}" in lines
+    assert f"alert     run failed: {MARKUP_ERROR}" in lines
+    assert any(line.split()[:3] == ["0", MARKUP_HOST, "backward"] for line in lines)
+    assert any(line.endswith(f"s20 nonfinite_loss: {MARKUP_ALERT}") for line in lines)
+    assert any(line.endswith(f"s20 run failed: {MARKUP_ERROR}") for line in lines)
+    assert f"step 20 {MARKUP_RESPONSE}" in lines
+    assert f"judge {MARKUP_JUDGE} (ollama)" in lines
+
+
+def test_once_survives_a_real_gloo_error(writer):
+    """The error of a real 2-rank gloo run that lost a rank (it made Rich raise MarkupError)."""
+    error = ("lost rank 1: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/"
+             "pair.cc:537] Read error [127.0.0.1]:32431: Connection reset by peer. GLHF! 🏖️")
+    writer.start()
+    writer.steps(1, 3)
+    writer.end("failed", 3, error=error)
+    text = run_summary(read_run(writer.run_dir, Thresholds(), now=time.time()), writer.run_dir.name, time.time())
+    assert text.splitlines()[1] == "status    failed"
+    words = " ".join(text.split())  # the long line is wrapped at 100 columns
+    assert f"error {error} alert run failed: {error} ranks" in words
+
+
+def test_once_lists_runs_with_markup_like_names(tmp_path):
+    markup_run(tmp_path / "runs" / MARKUP_RUN_NAME)
+    result = once(tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    row = result.stdout.splitlines()[1]
+    assert re.split(" {2,}", row)[:4] == [MARKUP_RUN_NAME, "failed", MARKUP_MODEL, "20/232"]
 
 
 def test_once_lists_runs(tmp_path):

@@ -6,7 +6,7 @@ from rich.table import Table
 from rich.text import Text
 from textual.widgets import Static
 
-from tui.format import format_bytes, format_duration, format_percent
+from tui.format import format_bytes, format_duration, format_percent, literal
 from tui.state import RankRow, RunState
 
 WIDE = 100  # from this width on, a column says why a rank is a straggler
@@ -32,8 +32,8 @@ def ranks_table(rows: list[RankRow], width: int) -> Table | Text:
         cells = [str(row.rank), row.host, row.phase, format_duration(row.phase_for_s), str(row.step),
                  str(row.steps_behind), format_duration(row.since_heard_s), util, mem]
         if width >= WIDE:
-            cells.append(row.straggler or "")
-        table.add_row(*cells, style="bold white on dark_red" if row.straggler else None)
+            cells.append(row.straggler or "")  # names the phase, which the rank wrote
+        table.add_row(*map(literal, cells), style="bold white on dark_red" if row.straggler else None)
     return table
 
 
