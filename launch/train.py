@@ -67,6 +67,12 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="per test response")
     e.add_argument("--max-bad-steps", type=int, default=DEFAULTS.max_bad_steps, help="non-finite losses in a row before the run stops")
 
+    s = p.add_argument_group("speed (docs/performance.md)")
+    s.add_argument("--group-by-length", action="store_true", help="global batches of examples of similar length (less padding); each epoch still visits every example once")
+    s.add_argument("--packing", action="store_true", help="pack each micro-batch's examples into rows of up to --max-length tokens, attention and positions kept per example")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes: no recompilation per length)")
+    s.add_argument("--activation-checkpointing", action="store_true", help="recompute each block's activations in the backward: less memory, about a third more compute")
+
     r = p.add_argument_group("runtime")
     r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest unfinished run under runs/)")
     r.add_argument("--ds-config", default=str(REPO / DEFAULTS.ds_config), help="DeepSpeed config (ZeRO, bf16, communication)")

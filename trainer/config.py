@@ -46,6 +46,12 @@ class TrainConfig:
     mask_prompt: bool = False
     seed: int = 123
 
+    # Speed (docs/performance.md): off unless measured to pay
+    group_by_length: bool = False
+    packing: bool = False
+    compile: bool = False
+    activation_checkpointing: bool = False
+
     # Evaluation, checkpoints, outputs
     eval_every: int = 5
     eval_batches: int = 5

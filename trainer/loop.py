@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from trainer import distributed
-from trainer.batches import epoch_order, global_batches, micro_batches, rank_slice
+from trainer.batches import epoch_order, global_batches, group_by_length_order, micro_batches, rank_slice
 from trainer.config import BatchLayout, TrainConfig
 from trainer.loss import target_count, token_loss_sum
 
@@ -125,6 +125,24 @@ class Trainer:
             prompt_lengths=[e.prompt_length for e in examples] if self.config.mask_prompt else None,
         )
 
+    def training_micro_batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """(inputs, targets, forward kwargs) of one training micro-batch: padded, or packed
+        (--packing: fewer rows, same targets; the kwargs carry positions and the mask)."""
+        if not self.config.packing:
+            return (*self.collate(self.data.train, indices), {})
+        from trainer.packing import forward_kwargs, pack, row_multiple_for
+
+        device = self.dist.device
+        packed = pack([self.data.train[i] for i in indices], self.config.max_length,
+                      self.config.mask_prompt, row_multiple_for(device))
+        return packed.inputs, packed.targets, forward_kwargs(packed, device)
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """The global batches of an epoch: random (the chapter's), or grouped by length."""
+        if self.config.group_by_length:
+            return group_by_length_order(self.data.train.lengths, self.config.seed, epoch, self.layout.global_batch)
+        return global_batches(epoch_order(len(self.data.train), self.config.seed, epoch), self.layout.global_batch)
+
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.dist.device.type == "cuda":
             return tensor.pin_memory().to(self.dist.device, non_blocking=True)
@@ -139,13 +157,13 @@ class Trainer:
         hb.phase = "data"
         self.faults.maybe_stall(self.dist.rank, self.progress.step + 1)
         mine = rank_slice(batch, self.dist.rank, self.dist.world_size)
-        micros = [self.collate(self.data.train, m) for m in micro_batches(mine, self.layout.micro_batch)]
-        local_tokens = sum(target_count(t) for _, t in micros)
+        micros = [self.training_micro_batch(m) for m in micro_batches(mine, self.layout.micro_batch)]
+        local_tokens = sum(target_count(t) for _, t, _ in micros)
 
         hb.phase = "forward"
         loss_sums = []
-        for inputs, targets in micros:
-            logits = engine(self.to_device(inputs))
+        for inputs, targets, forward_kwargs in micros:
+            logits = engine(self.to_device(inputs), **forward_kwargs)
             loss_sums.append(token_loss_sum(logits, self.to_device(targets)))
         local_sum = float(sum(l.detach() for l in loss_sums))
         if self.faults.nan_at == (self.dist.rank, self.progress.epoch, self.progress.batch_in_epoch):
@@ -176,7 +194,7 @@ class Trainer:
             engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             hb.phase = "backward"
         hb.phase = "idle"
-        seq_len = max(inputs.size(1) for inputs, _ in micros)
+        seq_len = max(inputs.size(1) for inputs, _, _ in micros)
         return StepResult(
             global_sum / max(global_tokens, 1), global_tokens, len(batch), time.perf_counter() - start, seq_len
         )
@@ -232,8 +250,7 @@ class Trainer:
         """Train until total_steps or the last epoch. Hooks: on_step_end(result), on_epoch_end()."""
         config, progress = self.config, self.progress
         while progress.epoch <= config.epochs and progress.step < self.total_steps:
-            order = epoch_order(len(self.data.train), config.seed, progress.epoch)
-            batches = global_batches(order, self.layout.global_batch)
+            batches = self.epoch_batches(progress.epoch)
             while progress.batch_in_epoch < len(batches) and progress.step < self.total_steps:
                 result = self.train_step(batches[progress.batch_in_epoch])
                 progress.batch_in_epoch += 1

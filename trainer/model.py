@@ -116,20 +116,23 @@ class CausalSelfAttention(nn.Module):
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         if self.cache is not None and cache_start is not None:
             k, v = self.cache.update(k, v, cache_start)
+        y = self.attend(q, k, v, attn_mask)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
+        """softmax(q k^T / sqrt(head_dim), masked) v for every head: (B, heads, T, head_dim)."""
         dropout_p = self.dropout if self.training else 0.0
         if attn_mask is None:
             # Plain causal self-attention over the T positions (training, full recomputation).
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-        elif isinstance(attn_mask, BlockMask):
+            return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+        if isinstance(attn_mask, BlockMask):
             # Packed rows on GPUs (trainer/packing.py). FlexAttention has no attention dropout.
             if dropout_p:
                 raise ValueError("packed rows with a BlockMask take no attention dropout: use --dropout 0")
-            y = compiled_flex_attention()(q, k, v, block_mask=attn_mask)
-        else:
-            # attn_mask: bool (B or 1, 1, T, keys), True where a query may attend.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+            return compiled_flex_attention()(q, k, v, block_mask=attn_mask)
+        # attn_mask: bool (B or 1, 1, T, keys), True where a query may attend.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 class MLP(nn.Module):
@@ -165,9 +168,10 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         # Recompute each block's activations in the backward instead of keeping them (Chen et al.
-        # 2016, "Training Deep Nets with Sublinear Memory Cost"): about a third more compute for
-        # one block's activations instead of all. A switch of the training run, not of the
-        # architecture: it changes no weight and no output, so it is not in GPTConfig.
+        # 2016, "Training Deep Nets with Sublinear Memory Cost"): the forward keeps only each
+        # block's input, for a second forward pass (about a third more compute). A switch of the
+        # training run, not of the architecture: it changes no weight and no output, so it is not
+        # in GPTConfig.
         self.activation_checkpointing = False
         self.transformer = nn.ModuleDict(
             dict(

@@ -126,6 +126,12 @@ def attention_mask(doc_ids: torch.Tensor):
     return block_causal_mask(doc_ids)
 
 
+def forward_kwargs(packed: PackedBatch, device: torch.device) -> dict:
+    """GPT.forward's keyword arguments for the packed rows, on device: per-row positions and the
+    block-diagonal causal mask, as in `logits = model(inputs, **forward_kwargs(packed, device))`."""
+    return {"positions": packed.positions.to(device), "attn_mask": attention_mask(packed.doc_ids.to(device))}
+
+
 def row_multiple_for(device: torch.device) -> int:
     """Row padding for `pack` on this device: FLEX_BLOCK on CUDA (bounded compilations), else 1."""
     return FLEX_BLOCK if device.type == "cuda" else 1

@@ -210,6 +210,9 @@ def run(config: TrainConfig, dist_info) -> int:
     from trainer.loop import StopRequested, Trainer, plan_steps
 
     model.to(dist_info.device)
+    model.activation_checkpointing = config.activation_checkpointing
+    if config.compile:
+        model.compile(dynamic=True)  # in place: parameter names (checkpoints, exports) unchanged
     _, total_steps = plan_steps(len(data.train), config)
     engine = build_engine(model, ds_config, config, total_steps, device=dist_info.device)
     trainer = Trainer(engine=engine, config=config, layout=layout, dist_info=dist_info, data=data,
