@@ -275,13 +275,15 @@ def test_cli_resumes_from_the_journal(tiny_pth, cli_model, tokenizer_dir, instru
 
 @pytest.mark.slow
 def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, tmp_path):
-    entries = json.loads(instruction_data.read_text())[:16]
+    # Enough work (64 x 64 tokens, one entry per batch) that the signal lands mid-file even
+    # on an idle machine.
+    entries = json.loads(instruction_data.read_text())[:64]
     path, out = tmp_path / "in.json", tmp_path / "out.json"
     path.write_text(json.dumps(entries))
     journal = journal_path(out)
     command = [sys.executable, "-m", "trainer.generate", "--weights", str(tiny_pth), "--model", "tiny",
                "--tokenizer-dir", str(tokenizer_dir), "--file", str(path), "--out", str(out),
-               "--batch-size", "1", "--max-new-tokens", "32"]
+               "--batch-size", "1", "--max-new-tokens", "64"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -294,10 +296,10 @@ def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, 
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and not out.exists()
     kept = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
-    assert 2 <= len(kept) < 16
+    assert 2 <= len(kept) < 64
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"resuming: {len(kept)} of 16 entries already answered" in resumed.stderr
+    assert f"resuming: {len(kept)} of 64 entries already answered" in resumed.stderr
     answered = json.loads(out.read_text())
     assert [entry["instruction"] for entry in answered] == [entry["instruction"] for entry in entries]
     for record in kept:
