@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--tokenizer-dir", default=None, help="directory with GPT-2's encoder.json and vocab.bpe (offline use); or set GPT2_TOKENIZER_DIR")
     a.add_argument("--out", default=None, help="run directory (default runs/<timestamp>-<model>)")
     a.add_argument("--split", type=parse_split, default=DEFAULTS.split, help="train,test fractions; validation is the rest")
+    a.add_argument("--shuffle-split", action="store_true", help="shuffle (seeded) before splitting; the chapter splits in file order")
     a.add_argument("--max-length", type=int, default=DEFAULTS.max_length, help="tokens per example after which it is truncated")
     a.add_argument("--mask-prompt", action="store_true", help="no loss on the instruction and input tokens")
 
@@ -65,6 +66,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--save-every", type=int, default=DEFAULTS.save_every, help="steps between checkpoints (0: at epoch ends only)")
     e.add_argument("--keep-checkpoints", type=int, default=DEFAULTS.keep_checkpoints)
     e.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="per test response")
+    e.add_argument("--generate-batch", type=int, default=DEFAULTS.generate_batch, help="test prompts generated at once per rank")
     e.add_argument("--max-bad-steps", type=int, default=DEFAULTS.max_bad_steps, help="non-finite losses in a row before the run stops")
 
     s = p.add_argument_group("speed (docs/performance.md)")

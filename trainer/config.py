@@ -9,7 +9,7 @@ config is saved into the run directory as config.json.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 
 CHAPTER_DATA_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
@@ -73,10 +73,6 @@ class TrainConfig:
         d["split"] = list(self.split)
         return d
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
-
 
 def validate(config: TrainConfig) -> None:
     """Check values that no flag parser can; raise ValueError with one line naming the flag."""
@@ -99,6 +95,8 @@ def validate(config: TrainConfig) -> None:
         (config.save_every >= 0, "--save-every must not be negative"),
         (config.keep_checkpoints >= 1, "--keep-checkpoints must be at least 1"),
         (config.max_new_tokens >= 1, "--max-new-tokens must be at least 1"),
+        (config.generate_batch >= 1, "--generate-batch must be at least 1"),
+        (config.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
         (config.dist_timeout > 0, "--dist-timeout must be positive"),
         (len(config.split) == 2 and all(f > 0 for f in config.split) and sum(config.split) < 1,
          "--split takes two positive fractions (train,test) summing to less than 1, e.g. 0.85,0.10"),

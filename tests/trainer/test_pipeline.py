@@ -200,6 +200,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
         (["--global-batch", "6", "--micro-batch", "4"], "is not a whole number"),
         (["--split", "0.9,0.2"], "--split takes two positive fractions"),
         (["--lr", "-1"], "--lr must be positive"),
+        (["--generate-batch", "0"], "--generate-batch must be at least 1"),
         (["--ds-config", "/nonexistent.json"], "/nonexistent.json: DeepSpeed config not found"),
     ],
 )
