@@ -9,13 +9,29 @@ the same prompts and the same max_new_tokens, greedily; tokens/s = new tokens / 
 
     python bench/generate_throughput.py [--model gpt2-small] [--max-new-tokens 32] ...
 
-Each row of ROWS is one way of generating; a speed feature (compile, CUDA graphs, bf16) adds a
-row. The last line, `ratio_vs_baseline`, is the last row's tokens/s over the baseline's.
+Each row of ROWS is one way of generating. Row 1 is batched KV-cache generation in fp32; each
+speed feature adds a row, on against that same row 1 and against the same baseline:
+
+- bf16: a bf16 copy of the weights (so the KV cache is bf16 too), only where the hardware has bf16
+  matmuls (native_bf16). On this project's CPU (AVX512-BF16) casting the model was faster than
+  torch.autocast around fp32 weights: 32 prompts x 8 new tokens on gpt2-small took 1.2-1.3 s cast,
+  1.8 s autocast, 2.6 s fp32 (autocast converts the weights again at every matmul).
+- compile: torch.compile(model, dynamic=True), used by generate for the prefill and the decode
+  steps. dynamic=True because a decode step's cache slice and mask grow by one key per step (and
+  the last batch is smaller): static shapes would compile a graph per step. The warm-up run
+  (the whole workload once) compiles, is not counted in tokens/s, and is printed; so are the graphs compiled while timed
+  (recompilations).
+- CUDA graphs: not implemented (see CUDA_GRAPHS_NOTE).
+
+Each feature row prints how many prompts get the same greedy tokens as row 1 (bf16 rounds, so
+it may differ). The last line, `ratio_vs_baseline`, is the tokens/s of the last row that ran over
+the baseline's; by default that is every feature that applies on the device together.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import time
@@ -44,6 +60,12 @@ class Settings:
     seed: int
 
 
+@dataclass(frozen=True)
+class Features:
+    bf16: bool = False  # a bf16 copy of the weights (and so a bf16 KV cache)
+    compile: bool = False  # torch.compile(model, dynamic=True)
+
+
 def recompute_one_at_a_time(model: GPT, prompts: list[list[int]], settings: Settings) -> list[list[int]]:
     return [generate_recompute(model, prompt, max_new_tokens=settings.max_new_tokens) for prompt in prompts]
 
@@ -57,19 +79,65 @@ def kv_cache_batched(model: GPT, prompts: list[list[int]], settings: Settings) -
     return outputs
 
 
-# (name, how it generates); the first is the baseline, timed on the first --baseline-prompts.
-ROWS: list[tuple[str, Callable[[GPT, list[list[int]], Settings], list[list[int]]]]] = [
-    ("recompute, one prompt at a time (chapter)", recompute_one_at_a_time),
-    ("kv-cache, batched", kv_cache_batched),
+@dataclass(frozen=True)
+class Row:
+    name: str
+    run: Callable[[GPT, list[list[int]], Settings], list[list[int]]]
+    features: Features
+
+
+# The first row is the baseline, timed on the first --baseline-prompts; row 1 is what the features
+# are compared with; the last row has every feature (the best combination on this CPU).
+ROWS: list[Row] = [
+    Row("recompute, one prompt at a time (chapter)", recompute_one_at_a_time, Features()),
+    Row("kv-cache, batched (fp32)", kv_cache_batched, Features()),
+    Row("+ bf16 weights", kv_cache_batched, Features(bf16=True)),
+    Row("+ torch.compile", kv_cache_batched, Features(compile=True)),
+    Row("+ bf16 weights + torch.compile", kv_cache_batched, Features(bf16=True, compile=True)),
 ]
+
+# What a decode step would need for CUDA graphs (torch.compile mode="reduce-overhead", or a
+# torch.cuda.CUDAGraph captured by hand): the same shapes at every step. generate's decode step
+# slices the cache to slot + 1 keys and masks as many, a new shape each step; a static step would
+# attend over the whole preallocated cache with a mask that hides the slots not written yet, and
+# take the slot as a tensor (as gpt-fast's decode_one_token). That is a change to
+# trainer/generate.py, not made here.
+CUDA_GRAPHS_NOTE = "CUDA graphs for the decode step: not implemented (the decode step's shapes grow each step)"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """bf16 matmuls in hardware: GPUs that have them, CPUs with AVX512-BF16 or AMX (through oneDNN).
+    Elsewhere bf16 is emulated, slower than fp32: its rows are skipped (as bench/train_throughput.py)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def with_features(model: GPT, features: Features) -> GPT:
+    """The model as the row runs it; the fp32 model itself is left as it is for the other rows."""
+    if features.bf16:
+        model = copy.deepcopy(model).to(torch.bfloat16)
+    if features.compile:
+        torch._dynamo.reset()  # each compiled row compiles afresh: its compile time is its own
+        model = torch.compile(model, dynamic=True)
+    return model
+
+
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
 
 
 @dataclass(frozen=True)
 class Timing:
-    name: str
+    row: Row
     prompts: int
     new_tokens: int
     seconds: float
+    warmup_seconds: float  # includes the compilation of a compiled row
+    graphs_warmup: int  # graphs compiled in the warm-up
+    graphs_timed: int  # graphs compiled while timed: recompilations
     outputs: list[list[int]]
 
     @property
@@ -77,12 +145,25 @@ class Timing:
         return self.new_tokens / self.seconds
 
 
-def time_row(name, run, model, prompts, settings) -> Timing:
-    run(model, prompts[:2], Settings(**{**vars(settings), "max_new_tokens": 2}))  # warm-up
+def time_row(row: Row, model: GPT, prompts: list[list[int]], settings: Settings) -> Timing:
+    model = with_features(model, row.features)
+    graphs = compiled_graphs()
     start = time.perf_counter()
-    outputs = run(model, prompts, settings)  # returns Python lists: the device has finished
+    # Warm-up. A compiled row runs the whole workload once: its graphs specialize on more than
+    # the sizes (the batch size, the mask's strides, which depend on max_new_tokens), so a
+    # shorter warm-up leaves compilations for the timed run. An eager row needs a short one.
+    if row.features.compile:
+        row.run(model, prompts, settings)
+    else:
+        row.run(model, prompts[:2], Settings(**{**vars(settings), "max_new_tokens": 2}))
+    warmup_seconds = time.perf_counter() - start
+    graphs_warmup = compiled_graphs() - graphs
+    start = time.perf_counter()
+    outputs = row.run(model, prompts, settings)  # returns Python lists: the device has finished
     seconds = time.perf_counter() - start
-    return Timing(name, len(prompts), sum(len(tokens) for tokens in outputs), seconds, outputs)
+    graphs_timed = compiled_graphs() - graphs - graphs_warmup
+    new_tokens = sum(len(tokens) for tokens in outputs)
+    return Timing(row, len(prompts), new_tokens, seconds, warmup_seconds, graphs_warmup, graphs_timed, outputs)
 
 
 def test_prompts(data: Path, tokenizer_dir: Path, num_prompts: int) -> list[list[int]]:
@@ -104,6 +185,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=123, help="seed of the random weights (default: 123)")
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "instruction-data.json", help="the chapter's instruction-data.json")
     parser.add_argument("--tokenizer-dir", type=Path, default=SHARED / "tokenizer" / "gpt2", help="GPT-2's encoder.json and vocab.bpe")
+    parser.add_argument(
+        "--rows",
+        default="0,1,2",
+        help="comma-separated row numbers to run (default 0,1,2: the compile rows take minutes to warm up on a "
+        "CPU and gain nothing there, docs/performance.md; 0 and 1 always run): "
+        + "; ".join(f"{n} {row.name}" for n, row in enumerate(ROWS)),
+    )
     args = parser.parse_args()
     settings = Settings(args.model, args.max_new_tokens, args.num_prompts, args.batch_size, args.baseline_prompts, args.seed)
 
@@ -121,22 +209,40 @@ def main() -> None:
         f"max_new_tokens {settings.max_new_tokens}, batch_size {settings.batch_size}, greedy"
     )
 
-    timings = []
-    for row, (name, run) in enumerate(ROWS):
-        row_prompts = prompts[: settings.baseline_prompts] if row == 0 else prompts
-        timings.append(time_row(name, run, model, row_prompts, settings))
-    baseline = timings[0]
+    wanted = {0, 1, *(int(r) for r in args.rows.split(","))}
+    timings: dict[int, Timing] = {}
+    for number, row in enumerate(ROWS):
+        if number not in wanted:
+            continue
+        if row.features.bf16 and not native_bf16(device):
+            print(f"#{number} {row.name}: skipped, no bf16 matmuls in this {device.type}'s hardware")
+            continue
+        print(f"measuring #{number} {row.name}", flush=True)
+        row_prompts = prompts[: settings.baseline_prompts] if number == 0 else prompts
+        timings[number] = time_row(row, model, row_prompts, settings)
+    print(CUDA_GRAPHS_NOTE if device.type == "cuda" else "CUDA graphs for the decode step: skipped, no CUDA device")
+    baseline, fp32_batched = timings[0], timings[1]
 
-    print(f"\n{'method':<44}{'prompts':>8}{'new tokens':>12}{'seconds':>10}{'tokens/s':>11}{'vs baseline':>13}")
-    for t in timings:
+    print(
+        f"\n{'#':>2}  {'method':<42}{'prompts':>8}{'new tokens':>11}{'seconds':>9}{'tokens/s':>10}"
+        f"{'vs row 1':>9}{'vs baseline':>12}{'warm-up s':>10}{'graphs':>7}"
+    )
+    for number, t in timings.items():
+        vs_row_1 = f"{t.tokens_per_s / fp32_batched.tokens_per_s:.2f}x" if number > 1 else ""
+        graphs = f"{t.graphs_warmup}+{t.graphs_timed}" if t.row.features.compile else ""
         print(
-            f"{t.name:<44}{t.prompts:>8}{t.new_tokens:>12}{t.seconds:>10.2f}{t.tokens_per_s:>11.1f}"
-            f"{t.tokens_per_s / baseline.tokens_per_s:>12.2f}x"
+            f"{number:>2}  {t.row.name:<42}{t.prompts:>8}{t.new_tokens:>11}{t.seconds:>9.2f}{t.tokens_per_s:>10.1f}"
+            f"{vs_row_1:>9}{t.tokens_per_s / baseline.tokens_per_s:>11.2f}x{t.warmup_seconds:>10.1f}{graphs:>7}"
         )
-    for t in timings[1:]:
-        same = sum(a == b for a, b in zip(t.outputs, baseline.outputs))
-        print(f"{t.name}: same tokens as the baseline on {same}/{baseline.prompts} prompts")
-    print(f"ratio_vs_baseline: {timings[-1].tokens_per_s / baseline.tokens_per_s:.2f}")
+    print("graphs: compiled in the warm-up + compiled while timed (recompilations)")
+    same = sum(a == b for a, b in zip(fp32_batched.outputs, baseline.outputs))
+    print(f"#1 {fp32_batched.row.name}: same tokens as the baseline on {same}/{baseline.prompts} prompts")
+    for number, t in timings.items():
+        if number > 1:
+            same = sum(a == b for a, b in zip(t.outputs, fp32_batched.outputs))
+            print(f"#{number} {t.row.name}: same greedy tokens as #1 on {same}/{t.prompts} prompts")
+    best = timings[max(timings)]
+    print(f"ratio_vs_baseline: {best.tokens_per_s / baseline.tokens_per_s:.2f}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ in float64 so that no near-tie of two logits can flip an argmax.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import orjson
 import pytest
@@ -333,3 +335,43 @@ def test_cli_bad_weights_writes_nothing(tokenizer_dir, tmp_path, instruction_fil
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and str(weights) in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.pth", "in.jsonl"]
+
+
+# --- bench/generate_throughput.py -------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "generate_throughput.py"
+
+
+@pytest.mark.slow  # compiles two models (about 20 s on 2 cores)
+def test_generate_bench_prints_a_row_per_feature(tokenizer_dir, instruction_data):
+    command = [sys.executable, str(BENCH), "--model", "tiny", "--num-prompts", "4", "--max-new-tokens", "4"]
+    command += ["--baseline-prompts", "1", "--data", str(instruction_data), "--tokenizer-dir", str(tokenizer_dir)]
+    command += ["--rows", "0,1,2,3,4"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    bf16 = native_bf16_hardware()
+    for number, name in enumerate(
+        ["recompute, one prompt at a time (chapter)", "kv-cache, batched (fp32)", "+ bf16 weights",
+         "+ torch.compile", "+ bf16 weights + torch.compile"]
+    ):
+        if "bf16" in name and not bf16:
+            assert f"#{number} {name}: skipped, no bf16 matmuls in this cpu's hardware" in lines
+            continue
+        (row,) = [line for line in lines if re.match(rf"\s*{number}  {re.escape(name)}\s+\d", line)]
+        prompts, new_tokens = row[len(f"{number:>2}  ") + 42 :].split()[:2]
+        assert (int(prompts), int(new_tokens)) == ((1, 4) if number == 0 else (4, 16))  # this seeded tiny model writes no eos in 4 steps
+        if number > 1:
+            assert re.fullmatch(rf"#{number} {re.escape(name)}: same greedy tokens as #1 on [0-4]/4 prompts",
+                                next(line for line in lines if line.startswith(f"#{number} ")))
+    if "+ torch.compile" in result.stdout:
+        assert re.search(r"warm-up s\s+graphs", result.stdout)
+    assert "CUDA graphs for the decode step: skipped, no CUDA device" in lines
+    assert re.fullmatch(r"ratio_vs_baseline: \d+\.\d\d", lines[-1])
+    # The fp32 paths give the same greedy tokens: batched against the chapter's, compiled against eager.
+    assert "#1 kv-cache, batched (fp32): same tokens as the baseline on 1/1 prompts" in lines
+    assert "#3 + torch.compile: same greedy tokens as #1 on 4/4 prompts" in lines
+
+
+def native_bf16_hardware() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
