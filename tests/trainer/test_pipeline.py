@@ -201,6 +201,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
         (["--split", "0.9,0.2"], "--split takes two positive fractions"),
         (["--lr", "-1"], "--lr must be positive"),
         (["--generate-batch", "0"], "--generate-batch must be at least 1"),
+        # Offline (here: a closed port): the one line names every flag that takes a local copy.
+        (["--data", "http://127.0.0.1:9/instruction-data.json"],
+         "give local copies with --tokenizer-dir DIR --data PATH --weights PATH"),
         (["--ds-config", "/nonexistent.json"], "/nonexistent.json: DeepSpeed config not found"),
     ],
 )
