@@ -286,7 +286,10 @@ def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, 
     command = [sys.executable, "-m", "trainer.generate", "--weights", str(tiny_pth), "--model", "tiny",
                "--tokenizer-dir", str(tokenizer_dir), "--file", str(path), "--out", str(out),
                "--batch-size", "1", "--max-new-tokens", "64"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell without job control starts background jobs with SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the CLI the default disposition a terminal gives.
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not (journal.exists() and journal.read_bytes().count(b"\n") >= 2) and time.monotonic() < deadline:
