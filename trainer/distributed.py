@@ -69,6 +69,8 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
-def shutdown() -> None:
+def shutdown(barrier: bool) -> None:
     if dist.is_initialized():
+        if barrier:
+            dist.barrier()
         dist.destroy_process_group()

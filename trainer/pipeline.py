@@ -123,14 +123,21 @@ def main(config: TrainConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     dist_info = distributed.init(config.dist_timeout)
+    code = EXIT_FAILED
     try:
-        return run(config, dist_info)
+        code = run(config, dist_info)
+        return code
     except ValueError as e:  # bad flags or input: identical on every rank, said once
         if dist_info.is_main:
             print(f"error: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        code = EXIT_USAGE
+        return code
     finally:
-        distributed.shutdown()
+        # After a clean run every rank is alive: meet before tearing down, so that no rank closes
+        # its connections while a peer still has collectives in flight (ZeRO-3 ranks have aborted
+        # at exit with "terminate called without an active exception"). After a failure a peer
+        # may be dead, and a barrier would wait for --dist-timeout.
+        distributed.shutdown(barrier=code in (0, EXIT_USAGE, signals.EXIT_INTERRUPTED))
 
 
 def run(config: TrainConfig, dist_info) -> int:
