@@ -271,7 +271,7 @@ def run(config: TrainConfig, dist_info) -> int:
                   tokens_total=trainer.progress.tokens_total, elapsed_s=time.time() - log.started,
                   final_val_loss=final_val_loss)
 
-    watchdog = signals.LostRankWatchdog(stop, heartbeat, run_dir / "ranks", on_lost,
+    watchdog = signals.LostRankWatchdog(heartbeat, run_dir / "ranks", on_lost,
                                         grace_s=3 * config.heartbeat_every + 1).start()
     log.run_start(
         run_id=run_dir.name,

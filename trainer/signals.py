@@ -82,8 +82,7 @@ class LostRankWatchdog:
     `on_lost(ranks)` runs in this thread (rank 0 writes run_end there); then the process exits.
     """
 
-    def __init__(self, stop: StopSignals, heartbeat, ranks_dir: Path, on_lost, grace_s: float):
-        self.stop = stop
+    def __init__(self, heartbeat, ranks_dir: Path, on_lost, grace_s: float):
         self.heartbeat = heartbeat
         self.ranks_dir = ranks_dir
         self.on_lost = on_lost
