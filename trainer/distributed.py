@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -53,7 +54,21 @@ def init(timeout_s: float) -> DistInfo:
     names: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(names, socket.gethostname())
     hosts = list(dict.fromkeys(names))  # ranks are numbered node by node
+    # Every rank has now mapped every other rank's buffer (the all-gather above needed them all).
+    _unlink_shared_memory_buffer(dist.get_rank())
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), hosts, device)
+
+
+def _unlink_shared_memory_buffer(rank: int) -> None:
+    """Remove the name of this rank's CPU all-reduce buffer; its memory stays mapped until the ranks exit.
+
+    When all ranks of a CPU job share one machine, DeepSpeed gives each a 66 MB buffer in /dev/shm
+    (csrc/cpu/comm/shm.cpp, named as below) and never unlinks it, so every run, clean or killed,
+    left them behind until /dev/shm was full. Unlinked once every rank holds its mappings, the
+    memory goes with the last process.
+    """
+    name = f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ['MASTER_ADDR']}_{os.environ['MASTER_PORT']}_{rank}"
+    (Path("/dev/shm") / name).unlink(missing_ok=True)
 
 
 def broadcast_object(obj, src: int = 0):

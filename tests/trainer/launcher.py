@@ -34,21 +34,29 @@ def env() -> dict:
     return e
 
 
-def deepspeed_cmd(args: list[str], ranks: int = 2, launcher_args: list[str] | None = None) -> list[str]:
-    return [
+def start(args: list[str], ranks: int = 2, launcher_args: list[str] | None = None, **popen) -> subprocess.Popen:
+    """Start a launcher in its own process group (so a test can signal or kill all of it).
+
+    The returned process carries the job's `master_port`, which names its shared-memory buffers.
+    """
+    port = free_port()
+    cmd = [
         sys.executable, "-m", "deepspeed.launcher.runner",
-        "--num_gpus", str(ranks), "--master_port", str(free_port()),
+        "--num_gpus", str(ranks), "--master_port", str(port),
         *(launcher_args or []),
         str(REPO / "launch" / "train.py"), *args,
     ]
-
-
-def start(args: list[str], ranks: int = 2, launcher_args: list[str] | None = None, **popen) -> subprocess.Popen:
-    """Start a launcher in its own process group (so a test can signal or kill all of it)."""
-    return subprocess.Popen(
-        deepspeed_cmd(args, ranks, launcher_args), cwd=REPO, env=env(), start_new_session=True,
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env(), start_new_session=True,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
     )
+    proc.master_port = port
+    return proc
+
+
+def shared_memory_buffers(port: int) -> list[Path]:
+    """DeepSpeed's CPU all-reduce buffers of the job on this master port still named in /dev/shm."""
+    return sorted(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def wait(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:

@@ -15,7 +15,7 @@ import psutil
 import pytest
 import torch
 
-from tests.trainer.launcher import REPO, TINY, events, kill_group, of_type, start, train, wait
+from tests.trainer.launcher import REPO, TINY, events, kill_group, of_type, shared_memory_buffers, start, train, wait
 
 pytestmark = pytest.mark.slow
 
@@ -80,8 +80,10 @@ def no_leftovers(tmp_path):
 def reference(tmp_path_factory):
     """The uninterrupted run."""
     out = tmp_path_factory.mktemp("reference") / "run"
-    code, log = train([*RUN, "--out", str(out)])
+    proc = start([*RUN, "--out", str(out)])
+    code, log = wait(proc)
     assert code == 0, log[-3000:]
+    assert not shared_memory_buffers(proc.master_port)
     return out
 
 
@@ -104,6 +106,7 @@ def test_sigkill_between_checkpoints_then_resume_is_exact(reference, tmp_path, n
         kill_group(proc, signal.SIGKILL)
     proc.communicate()
     assert (out / "checkpoints" / "latest").read_text().strip() == "global_step2"
+    assert not shared_memory_buffers(proc.master_port)  # no 66 MB per rank left in /dev/shm
 
     code, log = train([*RUN, "--out", str(out), "--resume"])
     assert code == 0, log[-3000:]
@@ -154,6 +157,8 @@ def test_a_dead_rank_fails_the_run_and_names_it(tmp_path, no_leftovers):
     end = events(out)[-1]
     assert end["type"] == "run_end" and end["status"] == "failed"
     assert end["error"].startswith("lost rank 1"), end["error"]
+    # The killed rank could not clean up; its 66 MB all-reduce buffer must not stay in /dev/shm.
+    assert not shared_memory_buffers(proc.master_port)
 
 
 def test_a_hung_rank_stays_visible_in_its_heartbeats(tmp_path, no_leftovers, monkeypatch):
