@@ -157,6 +157,21 @@ def test_token_mean_loss_is_independent_of_the_batch_layout(tmp_path):
             assert torch.allclose(weights[name][key], tensor, atol=1e-6, rtol=0), (name, key)
 
 
+def test_bf16_through_deepspeed_follows_the_fp32_curve_and_exports_fp32(tmp_path):
+    """--precision bf16 (DeepSpeed's bf16: bf16 weights and activations, fp32 master weights) on 2
+    CPU ranks: the per-step losses round differently from the pinned fp32 curve but stay within
+    0.2% of it (measured: 2.5e-4 at worst), and the exports are fp32 as always."""
+    out = tmp_path / "run"
+    code, log = train([*TINY, *SHORT, "--max-new-tokens", "1", "--precision", "bf16", "--out", str(out)])
+    assert code == 0, log[-3000:]
+    evs = events(out)
+    assert of_type(evs, "run_start")[0]["precision"] == "bf16"
+    losses = [e["loss"] for e in of_type(evs, "train")]
+    assert losses == pytest.approx(GOLDEN_LOSSES, rel=2e-3)
+    assert losses != pytest.approx(GOLDEN_LOSSES, abs=1e-5)  # bf16 did round
+    assert {t.dtype for t in torch.load(out / "tiny-sft.pth", weights_only=True).values()} == {torch.float32}
+
+
 def test_two_nodes_on_loopback_share_one_run_directory(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
