@@ -16,12 +16,11 @@ speed feature adds a row, on against that same row 1 and against the same baseli
   matmuls (native_bf16). On this project's CPU (AVX512-BF16) casting the model was faster than
   torch.autocast around fp32 weights: 32 prompts x 8 new tokens on gpt2-small took 1.2-1.3 s cast,
   1.8 s autocast, 2.6 s fp32 (autocast converts the weights again at every matmul).
-- compile: torch.compile(model, dynamic=True), used by generate for the prefill and the decode
-  steps. dynamic=True because a decode step's cache slice and mask grow by one key per step (and
-  the last batch is smaller): static shapes would compile a graph per step. The warm-up run
-  (the whole workload once) compiles, is not counted in tokens/s, and is printed; so are the graphs compiled while timed
-  (recompilations).
-- CUDA graphs: not implemented (see CUDA_GRAPHS_NOTE).
+- compile: generate(compile=True), which runs every decode step through torch.compile with static
+  shapes (trainer.generate.compiled_decode_one_token; the cache length rounded up to a power of
+  two). On a GPU that also records the step as a CUDA graph (mode "reduce-overhead"). The warm-up
+  run (the whole workload once) compiles, is not counted in tokens/s, and is printed; so are the
+  graphs compiled while timed (recompilations: there should be none).
 
 Each feature row prints how many prompts get the same greedy tokens as row 1 (bf16 rounds, so
 it may differ). The last line, `ratio_vs_baseline`, is the tokens/s of the last row that ran over
@@ -63,17 +62,19 @@ class Settings:
 @dataclass(frozen=True)
 class Features:
     bf16: bool = False  # a bf16 copy of the weights (and so a bf16 KV cache)
-    compile: bool = False  # torch.compile(model, dynamic=True)
+    compile: bool = False  # generate(compile=True): compiled decode step, CUDA graphs on a GPU
 
 
-def recompute_one_at_a_time(model: GPT, prompts: list[list[int]], settings: Settings) -> list[list[int]]:
+def recompute_one_at_a_time(model: GPT, prompts: list[list[int]], settings: Settings, features: Features) -> list[list[int]]:
     return [generate_recompute(model, prompt, max_new_tokens=settings.max_new_tokens) for prompt in prompts]
 
 
-def kv_cache_batched(model: GPT, prompts: list[list[int]], settings: Settings) -> list[list[int]]:
+def kv_cache_batched(model: GPT, prompts: list[list[int]], settings: Settings, features: Features) -> list[list[int]]:
     outputs: list[list[int]] = [[] for _ in prompts]
     for indices in length_sorted_batches(prompts, settings.batch_size):
-        batch = generate(model, [prompts[i] for i in indices], max_new_tokens=settings.max_new_tokens)
+        batch = generate(
+            model, [prompts[i] for i in indices], max_new_tokens=settings.max_new_tokens, compile=features.compile
+        )
         for i, tokens in zip(indices, batch):
             outputs[i] = tokens
     return outputs
@@ -82,7 +83,7 @@ def kv_cache_batched(model: GPT, prompts: list[list[int]], settings: Settings) -
 @dataclass(frozen=True)
 class Row:
     name: str
-    run: Callable[[GPT, list[list[int]], Settings], list[list[int]]]
+    run: Callable[[GPT, list[list[int]], Settings, Features], list[list[int]]]
     features: Features
 
 
@@ -92,17 +93,9 @@ ROWS: list[Row] = [
     Row("recompute, one prompt at a time (chapter)", recompute_one_at_a_time, Features()),
     Row("kv-cache, batched (fp32)", kv_cache_batched, Features()),
     Row("+ bf16 weights", kv_cache_batched, Features(bf16=True)),
-    Row("+ torch.compile", kv_cache_batched, Features(compile=True)),
-    Row("+ bf16 weights + torch.compile", kv_cache_batched, Features(bf16=True, compile=True)),
+    Row("+ compiled decode step", kv_cache_batched, Features(compile=True)),
+    Row("+ bf16 weights + compiled decode step", kv_cache_batched, Features(bf16=True, compile=True)),
 ]
-
-# What a decode step would need for CUDA graphs (torch.compile mode="reduce-overhead", or a
-# torch.cuda.CUDAGraph captured by hand): the same shapes at every step. generate's decode step
-# slices the cache to slot + 1 keys and masks as many, a new shape each step; a static step would
-# attend over the whole preallocated cache with a mask that hides the slots not written yet, and
-# take the slot as a tensor (as gpt-fast's decode_one_token). That is a change to
-# trainer/generate.py, not made here.
-CUDA_GRAPHS_NOTE = "CUDA graphs for the decode step: not implemented (the decode step's shapes grow each step)"
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -119,7 +112,6 @@ def with_features(model: GPT, features: Features) -> GPT:
         model = copy.deepcopy(model).to(torch.bfloat16)
     if features.compile:
         torch._dynamo.reset()  # each compiled row compiles afresh: its compile time is its own
-        model = torch.compile(model, dynamic=True)
     return model
 
 
@@ -149,17 +141,16 @@ def time_row(row: Row, model: GPT, prompts: list[list[int]], settings: Settings)
     model = with_features(model, row.features)
     graphs = compiled_graphs()
     start = time.perf_counter()
-    # Warm-up. A compiled row runs the whole workload once: its graphs specialize on more than
-    # the sizes (the batch size, the mask's strides, which depend on max_new_tokens), so a
-    # shorter warm-up leaves compilations for the timed run. An eager row needs a short one.
+    # Warm-up. A compiled row runs the whole workload once: its decode step is compiled for each
+    # batch size and cache length it meets. An eager row needs a short one.
     if row.features.compile:
-        row.run(model, prompts, settings)
+        row.run(model, prompts, settings, row.features)
     else:
-        row.run(model, prompts[:2], Settings(**{**vars(settings), "max_new_tokens": 2}))
+        row.run(model, prompts[:2], Settings(**{**vars(settings), "max_new_tokens": 2}), row.features)
     warmup_seconds = time.perf_counter() - start
     graphs_warmup = compiled_graphs() - graphs
     start = time.perf_counter()
-    outputs = row.run(model, prompts, settings)  # returns Python lists: the device has finished
+    outputs = row.run(model, prompts, settings, row.features)  # returns Python lists: the device has finished
     seconds = time.perf_counter() - start
     graphs_timed = compiled_graphs() - graphs - graphs_warmup
     new_tokens = sum(len(tokens) for tokens in outputs)
@@ -220,7 +211,10 @@ def main() -> None:
         print(f"measuring #{number} {row.name}", flush=True)
         row_prompts = prompts[: settings.baseline_prompts] if number == 0 else prompts
         timings[number] = time_row(row, model, row_prompts, settings)
-    print(CUDA_GRAPHS_NOTE if device.type == "cuda" else "CUDA graphs for the decode step: skipped, no CUDA device")
+    if device.type == "cuda":
+        print("CUDA graphs for the decode step: in the compiled rows (torch.compile mode reduce-overhead)")
+    else:
+        print("CUDA graphs for the decode step: skipped, no CUDA device")
     baseline, fp32_batched = timings[0], timings[1]
 
     print(

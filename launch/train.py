@@ -73,7 +73,7 @@ def parser() -> argparse.ArgumentParser:
     s = p.add_argument_group("speed (docs/performance.md)")
     s.add_argument("--group-by-length", action="store_true", help="global batches of examples of similar length (less padding); each epoch still visits every example once")
     s.add_argument("--packing", action="store_true", help="pack each micro-batch's examples into rows of up to --max-length tokens, attention and positions kept per example")
-    s.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes: no recompilation per length)")
+    s.add_argument("--compile", action="store_true", help="torch.compile the model (dynamic shapes: no recompilation per length) and the generation's decode step (a CUDA graph on a GPU)")
     s.add_argument("--activation-checkpointing", action="store_true", help="recompute each block's activations in the backward: less memory, about a third more compute")
 
     r = p.add_argument_group("runtime")

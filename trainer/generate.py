@@ -19,6 +19,7 @@ whole instruction file (resumable) with a fine-tuned model.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from contextlib import contextmanager
@@ -81,6 +82,26 @@ def eval_mode(model: nn.Module):
 # --- Generation -------------------------------------------------------------------------------
 
 
+def decode_one_token(
+    model: nn.Module, token: torch.Tensor, position: torch.Tensor, mask: torch.Tensor, slot: torch.Tensor
+) -> torch.Tensor:
+    """One decode step: the next-token logits (B, vocab) after feeding one token per row (B, 1)
+    at `position` (B, 1), written to cache slot `slot` (1,), attending to the cache slots `mask`
+    (B, 1, 1, slots) allows. Every step has the same shapes (gpt-fast's decode_one_token)."""
+    return model(token, position, mask, cache_slots=slot)[:, -1]
+
+
+@functools.cache
+def compiled_decode_one_token(device_type: str) -> Callable[..., torch.Tensor]:
+    """decode_one_token through torch.compile, made on first use (importing the compiler takes
+    seconds). On a GPU, mode "reduce-overhead" also records the step as a CUDA graph and replays
+    it: one launch per step instead of one per kernel, which is what a small model's decode at a
+    small batch is bound by. Not fullgraph: the trainer generates with DeepSpeed's engine module,
+    whose forward pre-hook (a throughput timer calling time.time()) stays eager before the graph."""
+    mode = "reduce-overhead" if device_type == "cuda" else None
+    return torch.compile(decode_one_token, mode=mode, dynamic=False)
+
+
 @torch.inference_mode()
 def generate(
     model: nn.Module,
@@ -91,11 +112,13 @@ def generate(
     top_k: int | None = None,
     eos_id: int = EOT_TOKEN_ID,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> list[list[int]]:
     """The new tokens of each prompt (without the eos), all prompts at once with the KV cache.
 
     A row stops at `eos_id`, after `max_new_tokens`, or when its prompt plus new tokens fill the
-    model's context; the loop stops when every row has stopped.
+    model's context; the loop stops when every row has stopped. `compile`: decode steps through
+    compiled_decode_one_token (the prefill, once per call, stays eager).
     """
     context_length = model.config.context_length
     device = next(model.parameters()).device
@@ -111,20 +134,26 @@ def generate(
     width = int(lengths.max())
     idx = torch.tensor([[PAD_TOKEN_ID] * (width - len(p)) + p for p in prompts], device=device)
     pads = width - lengths
-    slots = torch.arange(width + steps - 1, device=device)  # cache slot of each padded position
+    cache_length = width + steps - 1
+    if compile:
+        # The compiled step is specialised to the cache's shape: rounded up to a power of two, a
+        # file of prompts of many widths compiles a few shapes instead of one per width.
+        cache_length = 1 << (cache_length - 1).bit_length()
+    slots = torch.arange(cache_length, device=device)  # the cache slot of each padded position
     real = slots[None, :] >= pads[:, None]  # (B, slots): False on a row's pads
     positions = (slots[None, :width] - pads[:, None]).clamp(min=0)  # each prompt starts at 0
-    causal = torch.ones(width, width, dtype=torch.bool, device=device).tril()
-    # A pad attends to itself only. A query with nothing to attend to is 0/0 in the softmax:
-    # recent SDPA kernels return zeros, older ones NaN (pytorch#103749), and a NaN key or value
-    # in the cache would poison real rows even where masked out (pytorch#101967).
-    prefill_mask = (causal & real[:, None, :width]) | torch.eye(width, dtype=torch.bool, device=device)
+    # Prefill: a query sees the real tokens up to its own slot, and a pad sees itself only. A query
+    # with nothing to attend to is 0/0 in the softmax: recent SDPA kernels return zeros, older
+    # ones NaN (pytorch#103749), and a NaN in the cache would poison real rows (pytorch#101967).
+    query, key = slots[:width, None], slots[None, :]
+    prefill_mask = (key <= query) & (real[:, None, :] | (key == query))  # (B, width, slots)
+    decode = compiled_decode_one_token(device.type) if compile else decode_one_token
 
     new_tokens = []
     with eval_mode(model):
-        model.setup_caches(batch_size=len(prompts), max_length=width + steps - 1)
+        model.setup_caches(batch_size=len(prompts), max_length=cache_length)
         try:
-            logits = model(idx, positions, prefill_mask[:, None], cache_start=0, last_only=True)[:, -1]
+            logits = model(idx, positions, prefill_mask[:, None], cache_slots=slots[:width], last_only=True)[:, -1]
             done = torch.zeros(len(prompts), dtype=torch.bool, device=device)
             for step in range(steps):
                 token = sample_next(logits, temperature, top_k, generator)
@@ -132,13 +161,12 @@ def generate(
                 done |= (token == eos_id) | (budgets <= step + 1)
                 if done.all():
                     break
-                slot = width + step
+                slot = slots[width + step : width + step + 1]
                 # Finished rows ride along (their tokens are dropped below); clamping keeps a row
                 # whose context is full from asking for a position past the embedding table.
                 position = (lengths + step).clamp(max=context_length - 1)
-                logits = model(
-                    token[:, None], position[:, None], real[:, None, None, : slot + 1], cache_start=slot
-                )[:, -1]
+                mask = real & (slots <= slot)  # (B, slots): the row's real tokens so far
+                logits = decode(model, token[:, None], position[:, None], mask[:, None, None], slot)
         finally:
             model.clear_caches()
 
@@ -206,6 +234,7 @@ def response_batches(
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
 ) -> Iterator[tuple[list[int], list[str]]]:
     """Yield (entry indices, their responses) batch by batch.
 
@@ -225,6 +254,7 @@ def response_batches(
             temperature=temperature,
             top_k=top_k,
             generator=generator,
+            compile=compile,
         )
         # Decoding only the new tokens equals the chapter's decoding the whole sequence and
         # slicing the prompt off: the prompt's bytes are complete UTF-8 on their own.
@@ -245,6 +275,7 @@ def generate_responses(
     temperature: float = 0.0,
     top_k: int | None = None,
     generator: torch.Generator | None = None,
+    compile: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> list[str]:
     """The response to every entry, in input order; `on_batch(done, total)` after each batch."""
@@ -259,6 +290,7 @@ def generate_responses(
         temperature=temperature,
         top_k=top_k,
         generator=generator,
+        compile=compile,
     ):
         for i, response in zip(indices, batch_responses):
             responses[i] = response
@@ -325,6 +357,7 @@ def answer_file(args, model: nn.Module, tokenizer, entries: list[dict], finished
             temperature=args.temperature,
             top_k=args.top_k,
             generator=generator,
+            compile=args.compile,
         )
         for positions, responses in batches:
             for position, response in zip(positions, responses):
@@ -360,6 +393,7 @@ def respond(args, model: nn.Module, tokenizer, entry: dict, generator) -> str:
         temperature=args.temperature,
         top_k=args.top_k,
         generator=generator,
+        compile=args.compile,
     )
     return response
 
@@ -381,6 +415,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--file", help="answer every entry of this instruction file (JSON list or JSONL)")
     parser.add_argument("--out", help="with --file: write the entries plus model_response here")
     parser.add_argument("--batch-size", type=int, default=16, help="with --file: prompts per batch (default: 16)")
+    parser.add_argument(
+        "--precision", choices=("auto", "fp32", "bf16"), default="auto",
+        help="the weights' and KV cache's type; auto (default): bf16 on a GPU that has it, else fp32",
+    )
+    parser.add_argument(
+        "--compile", action="store_true",
+        help="torch.compile the decode step (a CUDA graph on a GPU); pays for long files on a GPU, "
+        "compiles for minutes on a CPU (docs/performance.md)",
+    )
     args = parser.parse_args(argv)
     if (args.file is None) != (args.out is None):
         parser.error("--file and --out go together")
@@ -391,6 +434,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.top_k is not None and not 1 <= args.top_k <= 50257:
         parser.error("--top-k must be between 1 and the vocabulary size (50257)")
     return args
+
+
+def generation_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """bf16 halves the weights and KV cache to read per decode step; auto takes it where the GPU
+    computes in it natively (the trainer's rule, trainer/engine.py), a CPU stays fp32."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -405,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device)
+    model.to(device, dtype=generation_dtype(args.precision, device))
     generator = torch.Generator(device).manual_seed(args.seed)
     try:
         if entries is not None:

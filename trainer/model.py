@@ -75,24 +75,28 @@ def preset(name: str, **overrides) -> GPTConfig:
 
 
 class KVCache(nn.Module):
-    """Keys and values of one layer for every position generated so far, preallocated.
+    """Keys and values of one layer for every cache slot of a generation, preallocated.
 
-    `update(k, v, start)` writes the new keys/values at positions start..start+T and returns the
-    keys/values of positions 0..start+T. All rows of a batch share the same write position; rows
-    of different prompt lengths are handled by left padding plus an attention mask.
+    `update(k, v, slots)` writes the new keys/values at the cache slots `slots` (a tensor of T
+    slot numbers) and returns the whole cache, written or not: the attention mask hides the slots
+    a query may not see. The shapes never change during a generation, so a decode step is the same
+    computation at every step (gpt-fast's KVCache), which is what torch.compile without
+    recompilation and CUDA graphs need. All rows of a batch share the slot numbers; rows of
+    different prompt lengths are handled by left padding plus the mask.
     """
 
     def __init__(self, batch_size: int, n_heads: int, max_length: int, head_dim: int, dtype, device):
         super().__init__()
         shape = (batch_size, n_heads, max_length, head_dim)
+        # Zeros, not empty: an unwritten slot is masked out, but a NaN in it would still poison the
+        # softmax's matmul (pytorch#101967).
         self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
         self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, k: torch.Tensor, v: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+    def update(self, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k.index_copy_(2, slots, k)
+        self.v.index_copy_(2, slots, v)
+        return self.k, self.v
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,15 +111,15 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache_start: int | None = None):
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache_slots: torch.Tensor | None = None):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
         # (B, T, C) -> (B, heads, T, head_dim)
         q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
-        if self.cache is not None and cache_start is not None:
-            k, v = self.cache.update(k, v, cache_start)
+        if self.cache is not None and cache_slots is not None:
+            k, v = self.cache.update(k, v, cache_slots)
         y = self.attend(q, k, v, attn_mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
@@ -157,8 +161,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.emb_dim, eps=1e-5)
         self.mlp = MLP(config)
 
-    def forward(self, x, attn_mask=None, cache_start=None):
-        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, cache_start=cache_start)
+    def forward(self, x, attn_mask=None, cache_slots=None):
+        x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, cache_slots=cache_slots)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -212,7 +216,7 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         positions: torch.Tensor | None = None,
         attn_mask: torch.Tensor | None = None,
-        cache_start: int | None = None,
+        cache_slots: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> torch.Tensor:
         """Logits (B, T, vocab) for token ids idx (B, T).
@@ -220,7 +224,7 @@ class GPT(nn.Module):
         positions: (B, T) or (T,) position ids; default 0..T-1 (training, full recomputation).
         attn_mask: bool mask broadcastable to (B, heads, T, keys), True = may attend; default causal.
             Or a FlexAttention BlockMask (packed rows on GPUs, trainer/packing.py).
-        cache_start: with caches set up (setup_caches), where these T tokens go in the cache.
+        cache_slots: with caches set up (setup_caches), the cache slot of each of the T tokens (T,).
         last_only: logits of the last position only, (B, 1, vocab): a generation prefill needs
             no more, and the vocabulary projection is the largest matmul of a short prompt.
         """
@@ -234,9 +238,9 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             if self.activation_checkpointing and self.training:
                 # Non-reentrant: the recommended variant, which torch.compile and ZeRO-3 hooks follow.
-                x = checkpoint(block, x, attn_mask, cache_start, use_reentrant=False)
+                x = checkpoint(block, x, attn_mask, cache_slots, use_reentrant=False)
             else:
-                x = block(x, attn_mask=attn_mask, cache_start=cache_start)
+                x = block(x, attn_mask=attn_mask, cache_slots=cache_slots)
         x = self.transformer.ln_f(x[:, -1:] if last_only else x)
         return self.lm_head(x)
 

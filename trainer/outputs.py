@@ -33,7 +33,8 @@ def sample_response(trainer) -> tuple[str | None, str | None]:
         was_training = model.training
         model.eval()
         [response] = generate_responses(
-            model, trainer.data.tokenizer, [entry], batch_size=1, max_new_tokens=SAMPLE_NEW_TOKENS
+            model, trainer.data.tokenizer, [entry], batch_size=1, max_new_tokens=SAMPLE_NEW_TOKENS,
+            compile=trainer.config.compile,
         )
         model.train(was_training)
         prompt = format_input(entry)
@@ -70,6 +71,7 @@ def generate_test_responses(trainer, run_dir: Path, model) -> Path:
         [entries[i] for i in mine],
         batch_size=trainer.config.generate_batch,
         max_new_tokens=trainer.config.max_new_tokens,
+        compile=trainer.config.compile,
         on_batch=on_batch if trainer.dist.is_main else None,
     )
     gathered = [None] * trainer.dist.world_size

@@ -7,6 +7,7 @@ in float64 so that no near-tie of two logits can flip an argmax.
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import signal
@@ -90,8 +91,14 @@ def test_decode_steps_feed_one_token_per_row(model64):
         for handle in handles:
             handle.remove()
     assert shapes == [(5, 40)] + [(5, 1)] * 5
+    # The cache has 40 + 6 - 1 slots; every decode step attends over all of them (fixed shapes),
+    # masked to the row's real tokens so far.
+    assert [tuple(mask.shape) for mask in masks] == [(5, 1, 40, 45)] + [(5, 1, 1, 45)] * 5
+    for step, mask in enumerate(masks[1:]):
+        for row, length in enumerate(PROMPT_LENGTHS):
+            expected = [40 - length <= slot <= 40 + step for slot in range(45)]
+            assert mask[row, 0, 0].tolist() == expected
     # Every query, pads included, attends to something: no 0/0 softmax row (NaN in some kernels).
-    assert [tuple(mask.shape) for mask in masks] == [(5, 1, 40, 40)] + [(5, 1, 1, 41 + s) for s in range(5)]
     assert all(bool(mask.any(dim=-1).all()) for mask in masks)
 
 
@@ -167,6 +174,43 @@ def test_seeded_sampling_is_reproducible(model64):
     assert batched == [alone]
 
 
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
+@pytest.mark.slow  # compiles the tiny model's decode step (about 10 s on 2 cores)
+def test_compiled_decode_step_gives_the_eager_tokens_without_recompiling(model64):
+    """compile=True: the same greedy tokens as eager, and one graph for every call whose batch
+    size and cache length (rounded up to a power of two) are the same, whatever the prompt widths
+    and however many steps; fixed shapes are also what CUDA graphs need on a GPU."""
+    torch._dynamo.reset()
+    prompts = random_prompts(PROMPT_LENGTHS)
+    eager = generate(model64, prompts, max_new_tokens=12, eos_id=NO_EOS)
+    assert generate(model64, prompts, max_new_tokens=12, eos_id=NO_EOS, compile=True) == eager
+    first = compiled_graphs()
+    assert first >= 1
+    # Widths 40 and 33 with 12 and 20 new tokens: caches of 51 and 52 slots, both 64 when compiled.
+    others = random_prompts((33, 9, 20, 30, 2), seed=2)
+    assert generate(model64, others, max_new_tokens=20, eos_id=NO_EOS, compile=True) == generate(
+        model64, others, max_new_tokens=20, eos_id=NO_EOS
+    )
+    assert compiled_graphs() == first
+
+
+@pytest.mark.slow
+def test_compiled_decode_step_on_a_model_compiled_in_place():
+    """The trainer's --compile compiles the model in place (dynamic shapes) and then generates the
+    test responses with compile=True: the compiled step traces through it."""
+    torch._dynamo.reset()
+    model = tiny_model(torch.float32)
+    prompts = random_prompts(PROMPT_LENGTHS)
+    eager = generate(model, prompts, max_new_tokens=8, eos_id=NO_EOS)
+    model.compile(dynamic=True)
+    assert generate(model, prompts, max_new_tokens=8, eos_id=NO_EOS, compile=True) == eager
+
+
 def test_extract_response_as_the_chapter():
     prompt = "Below is an instruction.\n\n### Instruction:\nSay hi."
     generated = prompt + "\n\n### Response:\n  Hi there.\n"
@@ -222,6 +266,17 @@ def test_cli_answers_one_instruction(tiny_pth, cli_model, tokenizer_dir):
     proc = run_cli(tiny_pth, tokenizer_dir, "Name a fruit.", "--input", "red", "--max-new-tokens", 8)
     assert proc.returncode == 0, proc.stderr
     [expected] = expected_responses(cli_model, tokenizer_dir, [{"instruction": "Name a fruit.", "input": "red"}], max_new_tokens=8)
+    assert expected and proc.stdout == expected + "\n"
+
+
+@pytest.mark.slow  # compiles the decode step (about 10 s)
+def test_cli_bf16_and_compile_answer_as_the_bf16_model(tiny_pth, cli_model, tokenizer_dir):
+    """--precision bf16 generates with bf16 weights (so a bf16 cache), --compile with the compiled
+    step: the response is the bf16 model's eager one."""
+    proc = run_cli(tiny_pth, tokenizer_dir, "Name a fruit.", "--max-new-tokens", 8, "--precision", "bf16", "--compile")
+    assert proc.returncode == 0, proc.stderr
+    bf16 = copy.deepcopy(cli_model).to(torch.bfloat16)
+    [expected] = expected_responses(bf16, tokenizer_dir, [{"instruction": "Name a fruit."}], max_new_tokens=8)
     assert expected and proc.stdout == expected + "\n"
 
 
@@ -356,7 +411,7 @@ def test_generate_bench_prints_a_row_per_feature(tokenizer_dir, instruction_data
     bf16 = native_bf16_hardware()
     for number, name in enumerate(
         ["recompute, one prompt at a time (chapter)", "kv-cache, batched (fp32)", "+ bf16 weights",
-         "+ torch.compile", "+ bf16 weights + torch.compile"]
+         "+ compiled decode step", "+ bf16 weights + compiled decode step"]
     ):
         if "bf16" in name and not bf16:
             assert f"#{number} {name}: skipped, no bf16 matmuls in this cpu's hardware" in lines
@@ -367,13 +422,13 @@ def test_generate_bench_prints_a_row_per_feature(tokenizer_dir, instruction_data
         if number > 1:
             assert re.fullmatch(rf"#{number} {re.escape(name)}: same greedy tokens as #1 on [0-4]/4 prompts",
                                 next(line for line in lines if line.startswith(f"#{number} ")))
-    if "+ torch.compile" in result.stdout:
+    if "+ compiled decode step" in result.stdout:
         assert re.search(r"warm-up s\s+graphs", result.stdout)
     assert "CUDA graphs for the decode step: skipped, no CUDA device" in lines
     assert re.fullmatch(r"ratio_vs_baseline: \d+\.\d\d", lines[-1])
     # The fp32 paths give the same greedy tokens: batched against the chapter's, compiled against eager.
     assert "#1 kv-cache, batched (fp32): same tokens as the baseline on 1/1 prompts" in lines
-    assert "#3 + torch.compile: same greedy tokens as #1 on 4/4 prompts" in lines
+    assert "#3 + compiled decode step: same greedy tokens as #1 on 4/4 prompts" in lines
 
 
 def native_bf16_hardware() -> bool:

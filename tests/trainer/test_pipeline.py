@@ -172,6 +172,28 @@ def test_bf16_through_deepspeed_follows_the_fp32_curve_and_exports_fp32(tmp_path
     assert {t.dtype for t in torch.load(out / "tiny-sft.pth", weights_only=True).values()} == {torch.float32}
 
 
+def test_compile_keeps_the_curve_and_generates_the_eager_responses(tmp_path):
+    """--compile end to end: the compiled model (dynamic shapes) reproduces the pinned fp32 curve,
+    and the test responses, generated through the compiled decode step, are the ones the exported
+    weights give eagerly."""
+    from tests.trainer.launcher import TOKENIZER
+    from trainer.generate import generate_responses
+    from trainer.tokenizer import get_tokenizer
+    from trainer.weights import load_model
+
+    out = tmp_path / "run"
+    code, log = train([*TINY, *SHORT, "--compile", "--out", str(out)], timeout=600)
+    assert code == 0, log[-3000:]
+    losses = [e["loss"] for e in of_type(events(out), "train")]
+    assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-4)
+    written = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
+    model, _ = load_model("tiny", str(out / "tiny-sft.pth"))
+    # Rank 0's shard (the first half), in the same batches of --generate-batch 16 as the run.
+    shard = [{k: v for k, v in e.items() if k != "model_response"} for e in written[: len(written) // 2]]
+    expected = generate_responses(model, get_tokenizer(TOKENIZER), shard, batch_size=16, max_new_tokens=8)
+    assert [e["model_response"] for e in written[: len(shard)]] == expected
+
+
 def test_two_nodes_on_loopback_share_one_run_directory(tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
