@@ -221,7 +221,7 @@ def run(config: TrainConfig, dist_info) -> int:
     if config.compile:
         model.compile(dynamic=True)  # in place: parameter names (checkpoints, exports) unchanged
     _, total_steps = plan_steps(len(data.train), config)
-    engine = build_engine(model, ds_config, config, total_steps, device=dist_info.device)
+    engine = build_engine(model, ds_config, config, total_steps)
     trainer = Trainer(engine=engine, config=config, layout=layout, dist_info=dist_info, data=data,
                       heartbeat=heartbeat, log=log)
     torch.manual_seed(config.seed + dist_info.rank)  # dropout differs per rank, reproducibly
