@@ -179,8 +179,8 @@ def main() -> None:
     parser.add_argument(
         "--rows",
         default="0,1,2",
-        help="comma-separated row numbers to run (default 0,1,2: the compile rows take minutes to warm up on a "
-        "CPU and gain nothing there, docs/performance.md; 0 and 1 always run): "
+        help="comma-separated row numbers to run (default 0,1,2: the compiled rows spend tens of seconds "
+        "compiling on a CPU and gain nothing there, docs/performance.md; 0 and 1 always run): "
         + "; ".join(f"{n} {row.name}" for n, row in enumerate(ROWS)),
     )
     args = parser.parse_args()

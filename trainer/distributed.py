@@ -54,7 +54,8 @@ def init(timeout_s: float) -> DistInfo:
     names: list[str | None] = [None] * dist.get_world_size()
     dist.all_gather_object(names, socket.gethostname())
     hosts = list(dict.fromkeys(names))  # ranks are numbered node by node
-    # Every rank has now mapped every other rank's buffer (the all-gather above needed them all).
+    # Every rank has entered the all-gather above, so every rank has returned from DeepSpeed's
+    # shm_initialize (in init_distributed), which maps all the ranks' buffers.
     _unlink_shared_memory_buffer(dist.get_rank())
     return DistInfo(dist.get_rank(), local_rank, dist.get_world_size(), hosts, device)
 

@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from instruct import EntryError, atomic_write_bytes, atomic_write_text, format_input, read_entries
+from trainer.engine import resolve_precision
 from trainer.model import EOT_TOKEN_ID, PRESETS
 from trainer.tokenizer import get_tokenizer
 from trainer.weights import load_model
@@ -137,7 +138,9 @@ def generate(
     cache_length = width + steps - 1
     if compile:
         # The compiled step is specialised to the cache's shape: rounded up to a power of two, a
-        # file of prompts of many widths compiles a few shapes instead of one per width.
+        # file of prompts of many widths compiles a few shapes instead of one per width (with 256
+        # new tokens: 512, 1024 or 2048 slots, times the batch size and the last batch's, within
+        # dynamo's limit of 8 graphs; past it dynamo runs the step eagerly).
         cache_length = 1 << (cache_length - 1).bit_length()
     slots = torch.arange(cache_length, device=device)  # the cache slot of each padded position
     real = slots[None, :] >= pads[:, None]  # (B, slots): False on a row's pads
@@ -421,8 +424,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--compile", action="store_true",
-        help="torch.compile the decode step (a CUDA graph on a GPU); pays for long files on a GPU, "
-        "compiles for minutes on a CPU (docs/performance.md)",
+        help="torch.compile the decode step (a CUDA graph on a GPU; meant for GPUs, not measured on one); "
+        "on a CPU it compiles first (tens of seconds) and gains nothing (docs/performance.md)",
     )
     args = parser.parse_args(argv)
     if (args.file is None) != (args.out is None):
@@ -434,14 +437,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.top_k is not None and not 1 <= args.top_k <= 50257:
         parser.error("--top-k must be between 1 and the vocabulary size (50257)")
     return args
-
-
-def generation_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """bf16 halves the weights and KV cache to read per decode step; auto takes it where the GPU
-    computes in it natively (the trainer's rule, trainer/engine.py), a CPU stays fp32."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +451,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device, dtype=generation_dtype(args.precision, device))
+    # bf16 halves the weights and KV cache each decode step reads; auto takes it where the GPU
+    # computes in it natively, as the trainer does.
+    model.to(device, dtype=torch.bfloat16 if resolve_precision(args.precision, device) == "bf16" else torch.float32)
     generator = torch.Generator(device).manual_seed(args.seed)
     try:
         if entries is not None:

@@ -245,7 +245,7 @@ class GPT(nn.Module):
         return self.lm_head(x)
 
     def setup_caches(self, batch_size: int, max_length: int, dtype=None, device=None) -> None:
-        """Preallocate a KVCache per layer for generating up to max_length positions."""
+        """Preallocate a KVCache of max_length slots per layer for one generation."""
         p = self.transformer.wte.weight
         dtype = dtype or p.dtype
         device = device or p.device

@@ -148,6 +148,9 @@ def test_a_dead_rank_fails_the_run_and_names_it(tmp_path, no_leftovers):
                   "--dist-timeout", "30", "--out", str(out)])
     wait_for(lambda: step_logged(out, 2), 240, "step 2")
     [rank1] = [p for p in rank_processes(out) if "--local_rank=1" in p.cmdline()]
+    # DeepSpeed did make its shared-memory buffers, and their names are already gone.
+    maps = Path(f"/proc/{rank1.pid}/maps").read_text()
+    assert f"_{proc.master_port}_1 (deleted)" in maps and "deepspeed_allreduce_buffer_" in maps
     killed = time.monotonic()
     rank1.kill()
     code, log = wait(proc, timeout=30 + 30)

@@ -185,18 +185,18 @@ def test_compiled_decode_step_gives_the_eager_tokens_without_recompiling(model64
     """compile=True: the same greedy tokens as eager, and one graph for every call whose batch
     size and cache length (rounded up to a power of two) are the same, whatever the prompt widths
     and however many steps; fixed shapes are also what CUDA graphs need on a GPU."""
-    torch._dynamo.reset()
+    torch._dynamo.reset()  # forget graphs earlier tests compiled (the counter keeps counting)
     prompts = random_prompts(PROMPT_LENGTHS)
     eager = generate(model64, prompts, max_new_tokens=12, eos_id=NO_EOS)
+    before = compiled_graphs()
     assert generate(model64, prompts, max_new_tokens=12, eos_id=NO_EOS, compile=True) == eager
-    first = compiled_graphs()
-    assert first >= 1
+    assert compiled_graphs() == before + 1
     # Widths 40 and 33 with 12 and 20 new tokens: caches of 51 and 52 slots, both 64 when compiled.
     others = random_prompts((33, 9, 20, 30, 2), seed=2)
     assert generate(model64, others, max_new_tokens=20, eos_id=NO_EOS, compile=True) == generate(
         model64, others, max_new_tokens=20, eos_id=NO_EOS
     )
-    assert compiled_graphs() == first
+    assert compiled_graphs() == before + 1
 
 
 @pytest.mark.slow
@@ -269,14 +269,20 @@ def test_cli_answers_one_instruction(tiny_pth, cli_model, tokenizer_dir):
     assert expected and proc.stdout == expected + "\n"
 
 
-@pytest.mark.slow  # compiles the decode step (about 10 s)
-def test_cli_bf16_and_compile_answer_as_the_bf16_model(tiny_pth, cli_model, tokenizer_dir):
-    """--precision bf16 generates with bf16 weights (so a bf16 cache), --compile with the compiled
-    step: the response is the bf16 model's eager one."""
-    proc = run_cli(tiny_pth, tokenizer_dir, "Name a fruit.", "--max-new-tokens", 8, "--precision", "bf16", "--compile")
+def test_cli_bf16_answers_as_the_bf16_model(tiny_pth, cli_model, tokenizer_dir):
+    """--precision bf16 generates with bf16 weights (so a bf16 cache)."""
+    proc = run_cli(tiny_pth, tokenizer_dir, "Name a fruit.", "--max-new-tokens", 8, "--precision", "bf16")
     assert proc.returncode == 0, proc.stderr
     bf16 = copy.deepcopy(cli_model).to(torch.bfloat16)
     [expected] = expected_responses(bf16, tokenizer_dir, [{"instruction": "Name a fruit."}], max_new_tokens=8)
+    assert expected and proc.stdout == expected + "\n"
+
+
+@pytest.mark.slow  # compiles the decode step (about 10 s)
+def test_cli_compile_answers_as_eager(tiny_pth, cli_model, tokenizer_dir):
+    proc = run_cli(tiny_pth, tokenizer_dir, "Name a fruit.", "--max-new-tokens", 8, "--compile")
+    assert proc.returncode == 0, proc.stderr
+    [expected] = expected_responses(cli_model, tokenizer_dir, [{"instruction": "Name a fruit."}], max_new_tokens=8)
     assert expected and proc.stdout == expected + "\n"
 
 
