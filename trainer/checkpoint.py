@@ -40,16 +40,18 @@ def checkpoint_dir(run_dir: Path) -> Path:
 
 
 def rng_state() -> dict:
+    """This rank's RNG states: the CPU's, and its own GPU's (the current device, set at start-up),
+    not every visible GPU's, so that a resume on nodes with fewer GPUs can restore it."""
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def save(engine, run_dir: Path, progress: dict, rank: int, world_size: int, keep: int) -> str:

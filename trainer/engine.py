@@ -59,8 +59,15 @@ def build_ds_config(
     zero.setdefault("stage", 2)
     ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
     ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
-    if precision != "bf16":
+    if precision != "bf16" or zero["stage"] == 0:
+        # fp32 gradient accumulation is a ZeRO option for bf16 weights; without ZeRO, DeepSpeed
+        # refuses the mix and keeps bf16 gradients with fp32 master weights (its FP16_Optimizer).
         ds.get("data_types", {}).pop("grad_accum_dtype", None)
+    # The trainer measures its own step times (docs/metrics.md). DeepSpeed's throughput timer runs
+    # in a forward pre-hook of the model, which --compile traces; on CUDA it calls
+    # torch.cuda.synchronize(None) there, which dynamo cannot trace (an InternalTorchDynamoError
+    # from the third step on).
+    ds["timers"] = {"throughput": {"enabled": False}}
     ds.setdefault("zero_allow_untested_optimizer", True)  # the client optimizer is torch's AdamW
     return ds, overridden
 

@@ -135,7 +135,7 @@ class Trainer:
         device = self.dist.device
         packed = pack([self.data.train[i] for i in indices], self.config.max_length,
                       self.config.mask_prompt, row_multiple_for(device))
-        return packed.inputs, packed.targets, forward_kwargs(packed, device)
+        return packed.inputs, packed.targets, forward_kwargs(packed, device, self.config.dropout)
 
     def epoch_batches(self, epoch: int) -> list[list[int]]:
         """The global batches of an epoch: random (the chapter's), or grouped by length."""
@@ -194,6 +194,8 @@ class Trainer:
             engine.step()  # DeepSpeed steps the optimizer only at the accumulation boundary
             hb.phase = "backward"
         hb.phase = "idle"
+        if self.dist.device.type == "cuda":
+            torch.cuda.synchronize(self.dist.device)  # the step's time includes its queued kernels
         seq_len = max(inputs.size(1) for inputs, _, _ in micros)
         return StepResult(
             global_sum / max(global_tokens, 1), global_tokens, len(batch), time.perf_counter() - start, seq_len

@@ -8,6 +8,7 @@ background thread, so a hung rank stays visible while the others wait in a colle
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 import time
@@ -18,8 +19,9 @@ import orjson
 SCHEMA_VERSION = 1
 PHASES = ("data", "forward", "backward", "step", "eval", "generate", "checkpoint", "idle")
 
-# Dense peak throughput in FLOP/s by device-name substring and dtype (docs/metrics.md).
-# Checked in order: the first substring found in torch.cuda.get_device_name() wins.
+# Dense peak throughput in FLOP/s by device-name words and dtype (docs/metrics.md).
+# Checked in order: the first found as whole words in torch.cuda.get_device_name() wins
+# ("NVIDIA L4" is an L4; "NVIDIA L40S" is not).
 PEAK_FLOPS = [
     ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
     ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
@@ -33,8 +35,8 @@ def peak_flops(device_name: str | None, precision: str) -> float | None:
     """The device's dense peak for `precision` ("bf16", "fp16", "fp32"); None when unknown."""
     if not device_name:
         return None
-    for substring, peaks in PEAK_FLOPS:
-        if substring in device_name:
+    for words, peaks in PEAK_FLOPS:
+        if re.search(rf"\b{re.escape(words)}\b", device_name):
             return peaks.get(precision)
     return None
 
@@ -148,7 +150,7 @@ class Heartbeat:
                 gpu_used = gpu_total - free
                 try:
                     gpu_util = float(torch.cuda.utilization(self.local_rank))
-                except Exception:  # needs pynvml; the memory figures still stand
+                except Exception:  # NVML (nvidia-ml-py) missing or failing; the memory figures still stand
                     gpu_util = None
         except Exception:
             pass

@@ -119,17 +119,20 @@ def flex_block_mask(doc_ids: torch.Tensor):
     return create_block_mask(same_doc_causal, rows, None, T, T, device=doc_ids.device)
 
 
-def attention_mask(doc_ids: torch.Tensor):
-    """The packed rows' mask for GPT.forward's attn_mask: a BlockMask on CUDA, else a bool tensor."""
-    if doc_ids.device.type == "cuda":
+def attention_mask(doc_ids: torch.Tensor, dropout: float):
+    """The packed rows' mask for GPT.forward's attn_mask: a BlockMask on CUDA, else a bool tensor.
+    FlexAttention has no attention dropout, so with dropout CUDA takes the bool tensor too."""
+    if doc_ids.device.type == "cuda" and not dropout:
         return flex_block_mask(doc_ids)
     return block_causal_mask(doc_ids)
 
 
-def forward_kwargs(packed: PackedBatch, device: torch.device) -> dict:
+def forward_kwargs(packed: PackedBatch, device: torch.device, dropout: float = 0.0) -> dict:
     """GPT.forward's keyword arguments for the packed rows, on device: per-row positions and the
-    block-diagonal causal mask, as in `logits = model(inputs, **forward_kwargs(packed, device))`."""
-    return {"positions": packed.positions.to(device), "attn_mask": attention_mask(packed.doc_ids.to(device))}
+    block-diagonal causal mask, as in `logits = model(inputs, **forward_kwargs(packed, device))`.
+    dropout: the model's (GPTConfig.dropout), which decides the kind of mask on CUDA."""
+    mask = attention_mask(packed.doc_ids.to(device), dropout)
+    return {"positions": packed.positions.to(device), "attn_mask": mask}
 
 
 def row_multiple_for(device: torch.device) -> int:

@@ -157,12 +157,15 @@ def test_token_mean_loss_is_independent_of_the_batch_layout(tmp_path):
             assert torch.allclose(weights[name][key], tensor, atol=1e-6, rtol=0), (name, key)
 
 
-def test_bf16_through_deepspeed_follows_the_fp32_curve_and_exports_fp32(tmp_path):
+@pytest.mark.parametrize("stage", [0, 2])
+def test_bf16_through_deepspeed_follows_the_fp32_curve_and_exports_fp32(tmp_path, stage):
     """--precision bf16 (DeepSpeed's bf16: bf16 weights and activations, fp32 master weights) on 2
-    CPU ranks: the per-step losses round differently from the pinned fp32 curve but stay within
-    0.2% of it (measured: 2.5e-4 at worst), and the exports are fp32 as always."""
+    CPU ranks, with ZeRO (fp32 gradient accumulation) and without (bf16 gradients, which DeepSpeed
+    requires there): the per-step losses round differently from the pinned fp32 curve but stay
+    within 0.2% of it (measured: 2.5e-4 and 7e-4 at worst), and the exports are fp32 as always."""
     out = tmp_path / "run"
-    code, log = train([*TINY, *SHORT, "--max-new-tokens", "1", "--precision", "bf16", "--out", str(out)])
+    code, log = train([*TINY, *SHORT, "--max-new-tokens", "1", "--precision", "bf16", "--zero-stage", str(stage),
+                       "--out", str(out)])
     assert code == 0, log[-3000:]
     evs = events(out)
     assert of_type(evs, "run_start")[0]["precision"] == "bf16"
@@ -184,6 +187,9 @@ def test_compile_keeps_the_curve_and_generates_the_eager_responses(tmp_path):
     out = tmp_path / "run"
     code, log = train([*TINY, *SHORT, "--compile", "--out", str(out)], timeout=600)
     assert code == 0, log[-3000:]
+    # DeepSpeed's throughput timer is off: its forward pre-hook, traced with the model, would call
+    # torch.cuda.synchronize(None) on a GPU, which dynamo cannot trace.
+    assert orjson.loads((out / "ds_config.json").read_bytes())["timers"] == {"throughput": {"enabled": False}}
     losses = [e["loss"] for e in of_type(events(out), "train")]
     assert losses == pytest.approx(GOLDEN_LOSSES, rel=1e-4)
     written = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
