@@ -264,6 +264,13 @@ def chapter_training_examples(data: Path, tokenizer_dir: Path) -> list[Example]:
     return InstructionDataset(train, get_tokenizer(tokenizer_dir)).examples
 
 
+def synthetic_examples(count: int, length: int, seed: int) -> list[Example]:
+    """Random token sequences of exactly `length` tokens: no padding, the full row computed, for
+    MFU at a known sequence length (issue 6: gpt2-medium, micro-batch 32, 512 tokens)."""
+    generator = torch.Generator().manual_seed(seed)
+    return [Example(torch.randint(0, 50256, (length,), generator=generator).tolist(), 0) for _ in range(count)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -276,6 +283,11 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=5e-5)
     parser.add_argument("--seed", type=int, default=123, help="seed of the weights and of the sample")
     parser.add_argument("--rows", default=None, help="comma-separated row numbers to run (default: all; 0 is always run)")
+    parser.add_argument(
+        "--synthetic-length", type=int, default=None,
+        help="train on random sequences of exactly this many tokens instead of the chapter's examples "
+        "(for MFU at a known length, e.g. --model gpt2-medium --global-batch 32 --synthetic-length 512 --max-length 512)",
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "instruction-data.json")
     parser.add_argument("--tokenizer-dir", type=Path, default=SHARED / "tokenizer" / "gpt2")
     args = parser.parse_args()
@@ -283,8 +295,11 @@ def main() -> None:
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    examples = chapter_training_examples(args.data, args.tokenizer_dir)
     needed = (settings.steps + settings.warmup_steps) * settings.global_batch
+    if args.synthetic_length is not None:
+        examples = synthetic_examples(needed, args.synthetic_length, settings.seed)
+    else:
+        examples = chapter_training_examples(args.data, args.tokenizer_dir)
     if needed > len(examples):
         parser.error(f"--steps + --warmup-steps need {needed} examples; the training split has {len(examples)}")
     chosen = epoch_order(len(examples), settings.seed, 1)
@@ -296,7 +311,8 @@ def main() -> None:
         f"{torch.get_num_threads()} CPU threads, load average {os.getloadavg()[0]:.1f}"
     )
     print(
-        f"{len(sample)} training examples of {lengths[0]}..{lengths[-1]} tokens (mean {sum(lengths) / len(lengths):.1f}), "
+        f"{len(sample)} {'synthetic' if args.synthetic_length else 'training'} examples of {lengths[0]}..{lengths[-1]} "
+        f"tokens (mean {sum(lengths) / len(lengths):.1f}), "
         f"{settings.steps} timed steps of {settings.global_batch} after {settings.warmup_steps} warm-up steps, fp32 unless said"
     )
 

@@ -10,6 +10,11 @@ plain path's validation loss after one epoch.
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -246,3 +251,37 @@ def test_grouping_and_packing_reach_the_plain_validation_loss_after_one_epoch(tm
         final[name] = end["final_val_loss"]
     assert final["grouped-packed"] == pytest.approx(final["plain"], rel=0.01)
     assert final["grouped-packed"] != final["plain"]  # the batches did change
+
+
+# ---- bench/train_throughput.py ------------------------------------------------------------------
+
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "train_throughput.py"
+
+
+def run_bench(*args) -> list[str]:
+    result = subprocess.run([sys.executable, str(BENCH), "--model", "tiny", *map(str, args)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_train_bench_on_the_chapters_data(instruction_data, tokenizer_dir):
+    lines = run_bench("--steps", 1, "--global-batch", 4, "--rows", "1,2,4", "--data", instruction_data,
+                      "--tokenizer-dir", tokenizer_dir)
+    for number, name in [(0, "baseline: hand-written attention"), (1, "+ SDPA"), (2, "+ fused AdamW"), (4, "+ packing")]:
+        assert any(line.startswith(f"{number:>2}  {name}") for line in lines), (number, lines)
+    # The features that keep the math keep the per-step losses (tests above: to 1e-4).
+    for number in (1, 2, 4):
+        line = next(line for line in lines if line.startswith(f"#{number}: per-step losses within"))
+        assert float(line.split()[4]) < 1e-4
+    assert re.fullmatch(r"ratio_vs_baseline: \d+\.\d\d", lines[-1])
+
+
+def test_train_bench_on_synthetic_sequences_of_a_set_length():
+    """--synthetic-length: random rows of exactly that length, no padding (MFU at 512 tokens on GPUs)."""
+    lines = run_bench("--synthetic-length", 64, "--steps", 2, "--global-batch", 4, "--rows", 1)
+    assert "8 synthetic examples of 64..64 tokens (mean 64.0), 2 timed steps of 4 after 1 warm-up steps, fp32 unless said" in lines
+    assert "every row: 512 non-pad target tokens of the same 8 examples" in lines
+    [row] = [line for line in lines if line.startswith(" 1  + SDPA")]
+    assert row.split()[-6] == "64"  # the seq column: every row is 64 tokens
+    assert re.fullmatch(r"ratio_vs_baseline: \d+\.\d\d", lines[-1])
