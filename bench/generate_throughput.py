@@ -41,7 +41,9 @@ from typing import Callable
 import torch
 
 from instruct import format_input
+from trainer.engine import native_bf16
 from trainer.generate import generate, generate_recompute, length_sorted_batches
+from trainer.metrics import compiled_graphs
 from trainer.model import GPT, PRESETS, preset
 from trainer.tokenizer import get_tokenizer
 
@@ -98,14 +100,6 @@ ROWS: list[Row] = [
 ]
 
 
-def native_bf16(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: GPUs that have them, CPUs with AVX512-BF16 or AMX (through oneDNN).
-    Elsewhere bf16 is emulated, slower than fp32: its rows are skipped (as bench/train_throughput.py)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 def with_features(model: GPT, features: Features) -> GPT:
     """The model as the row runs it; the fp32 model itself is left as it is for the other rows."""
     if features.bf16:
@@ -113,12 +107,6 @@ def with_features(model: GPT, features: Features) -> GPT:
     if features.compile:
         torch._dynamo.reset()  # each compiled row compiles afresh: its compile time is its own
     return model
-
-
-def compiled_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
 
 
 @dataclass(frozen=True)

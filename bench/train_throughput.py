@@ -36,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from instruct import read_entries
-from trainer.batches import epoch_order, global_batches, group_by_length_order
+from trainer.batches import epoch_batches, epoch_order
 from trainer.data import Example, InstructionDataset, collate, split_entries
+from trainer.engine import native_bf16
 from trainer.loss import target_count, token_loss_sum
-from trainer.metrics import mfu
+from trainer.metrics import compiled_graphs, mfu
 from trainer.model import GPT, PRESETS, CausalSelfAttention, preset
 from trainer.packing import forward_kwargs, pack, row_multiple_for
 from trainer.tokenizer import get_tokenizer
@@ -110,14 +111,6 @@ def rows() -> list[Row]:
     ]
 
 
-def native_bf16(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: GPUs that have them, CPUs with AVX512-BF16 or AMX (through oneDNN).
-    Elsewhere bf16 is emulated, slower than fp32: its row is skipped."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
 @dataclass(frozen=True)
 class Settings:
     model: str
@@ -140,12 +133,9 @@ class Batch:
 
 def make_batches(examples: list[Example], features: Features, settings: Settings, seed: int, device) -> list[Batch]:
     """The examples cut into global batches (random, or grouped by length), padded or packed."""
-    if features.group_by_length:
-        order = group_by_length_order([len(e.token_ids) for e in examples], seed, 1, settings.global_batch)
-    else:
-        order = global_batches(epoch_order(len(examples), seed, 1), settings.global_batch)
+    lengths = [len(e.token_ids) for e in examples]
     batches = []
-    for indices in order:
+    for indices in epoch_batches(lengths, seed, 1, settings.global_batch, features.group_by_length):
         chosen = [examples[i] for i in indices]
         if features.packing:
             packed = pack(chosen, settings.max_length, row_multiple=row_multiple_for(device))
@@ -251,12 +241,6 @@ def measure(row: Row, baseline: Run, sample: list[Example], warmup: list[Example
         seconds += step_seconds
     compilations = compiled_graphs() - graphs
     return Result(row, run.batches, seconds, baseline_seconds, losses, compilations, os.getloadavg()[0])
-
-
-def compiled_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
 
 
 def chapter_training_examples(data: Path, tokenizer_dir: Path) -> list[Example]:

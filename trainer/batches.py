@@ -65,3 +65,10 @@ def group_by_length_order(lengths: list[int], seed: int, epoch: int, global_batc
     # A stream apart from epoch_order's: its seeds (seed * 1_000_003 + epoch) are never negative.
     generator = torch.Generator().manual_seed(-(seed * 1_000_003 + epoch) - 1)
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def epoch_batches(lengths: list[int], seed: int, epoch: int, global_batch: int, group_by_length: bool) -> list[list[int]]:
+    """The global batches of one epoch: random (the chapter's), or grouped by length (--group-by-length)."""
+    if group_by_length:
+        return group_by_length_order(lengths, seed, epoch, global_batch)
+    return global_batches(epoch_order(len(lengths), seed, epoch), global_batch)

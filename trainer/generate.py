@@ -98,7 +98,8 @@ def compiled_decode_one_token(device_type: str) -> Callable[..., torch.Tensor]:
     seconds). On a GPU, mode "reduce-overhead" also records the step as a CUDA graph and replays
     it: one launch per step instead of one per kernel, which is what a small model's decode at a
     small batch is bound by. Not fullgraph: the trainer generates with DeepSpeed's engine module,
-    whose forward pre-hook (a throughput timer calling time.time()) stays eager before the graph."""
+    whose forward pre-hook is DeepSpeed's Python bookkeeping; what of it dynamo cannot trace runs
+    eagerly beside the graph instead of failing the step."""
     mode = "reduce-overhead" if device_type == "cuda" else None
     return torch.compile(decode_one_token, mode=mode, dynamic=False)
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from trainer import distributed
-from trainer.batches import epoch_order, global_batches, group_by_length_order, micro_batches, rank_slice
+from trainer.batches import epoch_batches, epoch_order, global_batches, micro_batches, rank_slice
 from trainer.config import BatchLayout, TrainConfig
 from trainer.loss import target_count, token_loss_sum
 
@@ -137,12 +137,6 @@ class Trainer:
                       self.config.mask_prompt, row_multiple_for(device))
         return packed.inputs, packed.targets, forward_kwargs(packed, device, self.config.dropout)
 
-    def epoch_batches(self, epoch: int) -> list[list[int]]:
-        """The global batches of an epoch: random (the chapter's), or grouped by length."""
-        if self.config.group_by_length:
-            return group_by_length_order(self.data.train.lengths, self.config.seed, epoch, self.layout.global_batch)
-        return global_batches(epoch_order(len(self.data.train), self.config.seed, epoch), self.layout.global_batch)
-
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.dist.device.type == "cuda":
             return tensor.pin_memory().to(self.dist.device, non_blocking=True)
@@ -252,7 +246,8 @@ class Trainer:
         """Train until total_steps or the last epoch. Hooks: on_step_end(result), on_epoch_end()."""
         config, progress = self.config, self.progress
         while progress.epoch <= config.epochs and progress.step < self.total_steps:
-            batches = self.epoch_batches(progress.epoch)
+            batches = epoch_batches(self.data.train.lengths, config.seed, progress.epoch, self.layout.global_batch,
+                                    config.group_by_length)
             while progress.batch_in_epoch < len(batches) and progress.step < self.total_steps:
                 result = self.train_step(batches[progress.batch_in_epoch])
                 progress.batch_in_epoch += 1

@@ -68,6 +68,14 @@ def mfu(
     return achieved / peak
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has compiled in this process so far (dynamo's counter, which
+    torch._dynamo.reset() does not reset): the benchmarks and tests count recompilations with it."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def event(type_: str, **fields) -> dict:
     return {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **fields}
 

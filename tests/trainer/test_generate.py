@@ -22,6 +22,8 @@ import torch
 
 from instruct import format_input
 from trainer.generate import extract_response, generate, generate_recompute, generate_responses, journal_path
+from trainer.engine import native_bf16
+from trainer.metrics import compiled_graphs
 from trainer.model import GPT, preset
 from trainer.tokenizer import get_tokenizer
 from trainer.weights import load_model
@@ -172,12 +174,6 @@ def test_seeded_sampling_is_reproducible(model64):
         generator=torch.Generator().manual_seed(7),
     )
     assert batched == [alone]
-
-
-def compiled_graphs() -> int:
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
 
 
 @pytest.mark.slow  # compiles the tiny model's decode step (about 10 s on 2 cores)
@@ -414,7 +410,7 @@ def test_generate_bench_prints_a_row_per_feature(tokenizer_dir, instruction_data
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    bf16 = native_bf16_hardware()
+    bf16 = native_bf16(torch.device("cpu"))
     for number, name in enumerate(
         ["recompute, one prompt at a time (chapter)", "kv-cache, batched (fp32)", "+ bf16 weights",
          "+ compiled decode step", "+ bf16 weights + compiled decode step"]
@@ -435,7 +431,3 @@ def test_generate_bench_prints_a_row_per_feature(tokenizer_dir, instruction_data
     # The fp32 paths give the same greedy tokens: batched against the chapter's, compiled against eager.
     assert "#1 kv-cache, batched (fp32): same tokens as the baseline on 1/1 prompts" in lines
     assert "#3 + compiled decode step: same greedy tokens as #1 on 4/4 prompts" in lines
-
-
-def native_bf16_hardware() -> bool:
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
