@@ -3,7 +3,7 @@
 The workload is the chapter's: responses to the 110 test prompts of instruction-data.json (the
 entries after the 85% training split), prompted with format_input as ch07 does. The baseline is
 the chapter's loop, one prompt at a time, the whole sequence recomputed for every new token
-(trainer.generate.generate_recompute); it is slow, so `--baseline-prompts` times it on the first
+(trainer.gpt2.generation.generate_recompute); it is slow, so `--baseline-prompts` times it on the first
 few prompts only and reports its tokens/s. Both sides use the same weights (random init, seeded),
 the same prompts and the same max_new_tokens, greedily; tokens/s = new tokens / wall time.
 
@@ -16,8 +16,8 @@ speed feature adds a row, on against that same row 1 and against the same baseli
   matmuls (native_bf16). On this project's CPU (AVX512-BF16) casting the model was faster than
   torch.autocast around fp32 weights: 32 prompts x 8 new tokens on gpt2-small took 1.2-1.3 s cast,
   1.8 s autocast, 2.6 s fp32 (autocast converts the weights again at every matmul).
-- compile: generate(compile=True), which runs every decode step through torch.compile with static
-  shapes (trainer.generate.compiled_decode_one_token; the cache length rounded up to a power of
+- compile: GenerationSettings(compile=True), which runs every decode step through torch.compile with static
+  shapes (trainer.gpt2.generation.compiled_decode_one_token; the cache length rounded up to a power of
   two). On a GPU that also records the step as a CUDA graph (mode "reduce-overhead"). The warm-up
   run (the whole workload once) compiles, is not counted in tokens/s, and is printed; so are the
   graphs compiled while timed (recompilations: there should be none).
@@ -32,7 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,15 +40,15 @@ from typing import Callable
 
 import torch
 
-from instruct import format_input
-from trainer.engine import native_bf16
-from trainer.generate import generate, generate_recompute, length_sorted_batches
-from trainer.metrics import compiled_graphs
-from trainer.model import GPT, PRESETS, preset
-from trainer.tokenizer import get_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("GPT2_INSTRUCT_SHARED", REPO.parent / "shared"))
+from instruct import format_input  # noqa: E402
+from trainer.gpt2.generation import GenerationSettings, generate, generate_recompute, length_sorted_batches  # noqa: E402
+from trainer.gpt2.model import GPT, PRESETS, preset  # noqa: E402
+from trainer.gpt2.precision import native_bf16  # noqa: E402
+from trainer.gpt2.tokenizer import ENDOFTEXT, get_tokenizer  # noqa: E402
+from testkit.compilation import compiled_graphs  # noqa: E402
+from testkit.paths import INSTRUCTION_DATA, TOKENIZER_DIR  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -64,19 +64,19 @@ class Settings:
 @dataclass(frozen=True)
 class Features:
     bf16: bool = False  # a bf16 copy of the weights (and so a bf16 KV cache)
-    compile: bool = False  # generate(compile=True): compiled decode step, CUDA graphs on a GPU
+    compile: bool = False  # GenerationSettings(compile=True): compiled decode step, CUDA graphs on a GPU
 
 
 def recompute_one_at_a_time(model: GPT, prompts: list[list[int]], settings: Settings, features: Features) -> list[list[int]]:
-    return [generate_recompute(model, prompt, max_new_tokens=settings.max_new_tokens) for prompt in prompts]
+    generation = GenerationSettings(max_new_tokens=settings.max_new_tokens)
+    return [generate_recompute(model, prompt, generation) for prompt in prompts]
 
 
 def kv_cache_batched(model: GPT, prompts: list[list[int]], settings: Settings, features: Features) -> list[list[int]]:
     outputs: list[list[int]] = [[] for _ in prompts]
+    generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, compile=features.compile)
     for indices in length_sorted_batches(prompts, settings.batch_size):
-        batch = generate(
-            model, [prompts[i] for i in indices], max_new_tokens=settings.max_new_tokens, compile=features.compile
-        )
+        batch = generate(model, [prompts[i] for i in indices], generation)
         for i, tokens in zip(indices, batch):
             outputs[i] = tokens
     return outputs
@@ -151,7 +151,7 @@ def test_prompts(data: Path, tokenizer_dir: Path, num_prompts: int) -> list[list
     train_portion, test_portion = int(len(entries) * 0.85), int(len(entries) * 0.1)
     test_entries = entries[train_portion : train_portion + test_portion][:num_prompts]
     tokenizer = get_tokenizer(tokenizer_dir)
-    return [tokenizer.encode(format_input(entry), allowed_special={"<|endoftext|>"}) for entry in test_entries]
+    return [tokenizer.encode(format_input(entry), allowed_special={ENDOFTEXT}) for entry in test_entries]
 
 
 def main() -> None:
@@ -162,8 +162,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="prompts per batch (default: 32)")
     parser.add_argument("--baseline-prompts", type=int, default=2, help="prompts the slow baseline is timed on (default: 2)")
     parser.add_argument("--seed", type=int, default=123, help="seed of the random weights (default: 123)")
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "instruction-data.json", help="the chapter's instruction-data.json")
-    parser.add_argument("--tokenizer-dir", type=Path, default=SHARED / "tokenizer" / "gpt2", help="GPT-2's encoder.json and vocab.bpe")
+    parser.add_argument("--data", type=Path, default=INSTRUCTION_DATA, help="the chapter's instruction-data.json")
+    parser.add_argument("--tokenizer-dir", type=Path, default=TOKENIZER_DIR, help="GPT-2's encoder.json and vocab.bpe")
     parser.add_argument(
         "--rows",
         default="0,1,2",

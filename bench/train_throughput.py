@@ -26,48 +26,28 @@ checkpointing trades speed for memory: its row is printed, not counted.
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from instruct import read_entries
-from trainer.batches import epoch_batches, epoch_order
-from trainer.data import Example, InstructionDataset, collate, split_entries
-from trainer.engine import native_bf16
-from trainer.loss import target_count, token_loss_sum
-from trainer.metrics import compiled_graphs, mfu
-from trainer.model import GPT, PRESETS, CausalSelfAttention, preset
-from trainer.packing import forward_kwargs, pack, row_multiple_for
-from trainer.tokenizer import get_tokenizer
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("GPT2_INSTRUCT_SHARED", REPO.parent / "shared"))
-
-
-class HandWrittenAttention(CausalSelfAttention):
-    """The baseline's attention: scores, a causal mask, softmax, weighted values, one op at a time
-    (Raschka ch. 3's MultiHeadAttention). Same weights and outputs as the SDPA one."""
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask) -> torch.Tensor:
-        T = q.size(2)
-        scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)
-        allowed = torch.ones(T, T, dtype=torch.bool, device=q.device).tril() if attn_mask is None else attn_mask
-        weights = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1)
-        return F.dropout(weights, self.dropout, self.training) @ v
-
-
-def use_hand_written_attention(model: GPT) -> GPT:
-    """The model with every block's attention replaced by HandWrittenAttention (same weights)."""
-    for block in model.transformer.h:
-        hand_written = HandWrittenAttention(model.config).to(block.attn.c_attn.weight.device)
-        hand_written.load_state_dict(block.attn.state_dict())
-        block.attn = hand_written
-    return model
+from instruct import read_entries  # noqa: E402
+from trainer.gpt2.model import GPT, PRESETS, preset  # noqa: E402
+from trainer.gpt2.precision import native_bf16  # noqa: E402
+from trainer.gpt2.tokenizer import get_tokenizer  # noqa: E402
+from trainer.reporting.mfu import mfu  # noqa: E402
+from trainer.training.batches import epoch_batches, epoch_order  # noqa: E402
+from trainer.training.data import Example, InstructionDataset, collate, split_entries  # noqa: E402
+from trainer.training.loss import target_count, token_loss_sum  # noqa: E402
+from trainer.training.packing import forward_kwargs, pack, row_multiple_for  # noqa: E402
+from testkit.attention import use_hand_written_attention  # noqa: E402
+from testkit.compilation import compiled_graphs  # noqa: E402
+from testkit.paths import INSTRUCTION_DATA, TOKENIZER_DIR  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -76,8 +56,8 @@ class Features:
 
     sdpa: bool = False  # scaled_dot_product_attention instead of the hand-written attention
     fused_adamw: bool = False  # torch.optim.AdamW(fused=True): one kernel for all parameters
-    group_by_length: bool = False  # trainer.batches.group_by_length_order instead of random batches
-    packing: bool = False  # trainer.packing.pack: no padding but each row's tail
+    group_by_length: bool = False  # trainer.training.batches.group_by_length_order instead of random batches
+    packing: bool = False  # trainer.training.packing.pack: no padding but each row's tail
     compile: bool = False  # model.compile(dynamic=True)
     bf16: bool = False  # autocast to bfloat16 (the trainer's equivalent: --precision bf16, DeepSpeed's)
     activation_checkpointing: bool = False  # memory for compute: not a speed feature
@@ -163,7 +143,7 @@ def build(features: Features, settings: Settings, device) -> tuple[GPT, torch.op
 
 
 def train_step(model: GPT, optimizer: torch.optim.Optimizer, batch: Batch, features: Features) -> float:
-    """One optimizer step on one global batch: the token-mean loss, as trainer/loop.py."""
+    """One optimizer step on one global batch: the token-mean loss, as trainer/training/loop.py."""
     with torch.autocast(batch.inputs.device.type, dtype=torch.bfloat16, enabled=features.bf16):
         logits = model(batch.inputs, **batch.forward_kwargs)
     loss_sum = token_loss_sum(logits, batch.targets)
@@ -272,8 +252,8 @@ def main() -> None:
         help="train on random sequences of exactly this many tokens instead of the chapter's examples "
         "(for MFU at a known length, e.g. --model gpt2-medium --global-batch 32 --synthetic-length 512 --max-length 512)",
     )
-    parser.add_argument("--data", type=Path, default=SHARED / "data" / "instruction-data.json")
-    parser.add_argument("--tokenizer-dir", type=Path, default=SHARED / "tokenizer" / "gpt2")
+    parser.add_argument("--data", type=Path, default=INSTRUCTION_DATA)
+    parser.add_argument("--tokenizer-dir", type=Path, default=TOKENIZER_DIR)
     args = parser.parse_args()
     settings = Settings(args.model, args.steps, args.warmup_steps, args.global_batch, args.max_length, args.lr, args.seed)
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil  # noqa: E402
 
-from tests.tui.synthetic import BufferedRunWriter, RunWriter  # noqa: E402
+from testkit.runs import BufferedRunWriter, RunWriter  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SESSION = "tui-follow-bench"

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import orjson  # noqa: E402
 
-from tests.tui.synthetic import BufferedRunWriter  # noqa: E402
+from testkit.runs import BufferedRunWriter  # noqa: E402
 
 
 def generate(run_dir: Path, events: int) -> int:
@@ -55,7 +55,7 @@ def generate(run_dir: Path, events: int) -> int:
 def measure(run_dir: Path, last_step: int) -> dict:
     """In the child: start the app, wait until the last step is drawn."""
     start = time.perf_counter()
-    from tests.tui.conftest import screen_text  # noqa: E402  (imports textual: part of the cost)
+    from testkit.screens import screen_text  # imports textual: part of the cost
     from tui.app import DashboardApp, DashboardScreen
     from tui.widgets import RunHeader
 

@@ -10,7 +10,10 @@ from instruct.entries import (
     format_input,
     format_prompt,
     read_entries,
+    INPUT_MARK,
+    INSTRUCTION_MARK,
     RESPONSE_HEADER,
+    RESPONSE_MARK,
 )
 from instruct.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -19,7 +22,10 @@ __all__ = [
     "format_input",
     "format_prompt",
     "read_entries",
+    "INPUT_MARK",
+    "INSTRUCTION_MARK",
     "RESPONSE_HEADER",
+    "RESPONSE_MARK",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

@@ -12,7 +12,12 @@ from typing import Iterable
 
 import orjson
 
-RESPONSE_HEADER = "\n\n### Response:\n"
+# The section marks of the Alpaca prompt; the dashboard and the generation code find a prompt's
+# parts by them, so each is written here once.
+INSTRUCTION_MARK = "### Instruction:"
+INPUT_MARK = "### Input:"
+RESPONSE_MARK = "### Response:"
+RESPONSE_HEADER = f"\n\n{RESPONSE_MARK}\n"
 
 
 class EntryError(ValueError):
@@ -24,9 +29,9 @@ def format_input(entry: dict) -> str:
     instruction_text = (
         "Below is an instruction that describes a task. "
         "Write a response that appropriately completes the request."
-        f"\n\n### Instruction:\n{entry['instruction']}"
+        f"\n\n{INSTRUCTION_MARK}\n{entry['instruction']}"
     )
-    input_text = f"\n\n### Input:\n{entry['input']}" if entry.get("input") else ""
+    input_text = f"\n\n{INPUT_MARK}\n{entry['input']}" if entry.get("input") else ""
     return instruction_text + input_text
 
 

@@ -3,7 +3,7 @@
     deepspeed launch/train.py                       # the chapter's run: gpt2-medium, 2 epochs
     deepspeed --hostfile hosts launch/train.py --model gpt2-xl --global-batch 64
 
-Thin on purpose: parse the flags into a TrainConfig, hand it to trainer.pipeline.
+Thin on purpose: parse the flags into a TrainConfig, hand it to trainer.lifecycle.pipeline, whose phases do the run.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from trainer.config import TrainConfig  # noqa: E402
+from trainer.training.config import TrainConfig  # noqa: E402
 
 DEFAULTS = TrainConfig()
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args.pop("local_rank")  # the environment's LOCAL_RANK says the same
     config = TrainConfig(**args)
 
-    from trainer.pipeline import main as run_pipeline
+    from trainer.lifecycle.pipeline import main as run_pipeline
 
     return run_pipeline(config)
 

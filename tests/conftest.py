@@ -6,13 +6,11 @@ into the repo); set GPT2_INSTRUCT_SHARED to point elsewhere.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("GPT2_INSTRUCT_SHARED", REPO.parent / "shared"))
+from testkit.paths import INSTRUCTION_DATA, RESPONSES_DATA, SHARED, TOKENIZER_DIR
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +22,14 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir(shared_dir) -> Path:
-    return shared_dir / "tokenizer" / "gpt2"
+    return TOKENIZER_DIR
 
 
 @pytest.fixture(scope="session")
 def instruction_data(shared_dir) -> Path:
-    return shared_dir / "data" / "instruction-data.json"
+    return INSTRUCTION_DATA
 
 
 @pytest.fixture(scope="session")
 def responses_data(shared_dir) -> Path:
-    return shared_dir / "data" / "instruction-data-with-response.json"
+    return RESPONSES_DATA

@@ -15,6 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.trainer.launcher import rank_processes
+
 
 class FileServer(ThreadingHTTPServer):
     daemon_threads = True
@@ -107,3 +109,12 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def no_leftovers(tmp_path):
+    yield
+    leftovers = rank_processes(tmp_path)
+    for p in leftovers:
+        p.kill()
+    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"

@@ -7,14 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
+import psutil
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("GPT2_INSTRUCT_SHARED", REPO.parent / "shared"))
-DATA = SHARED / "data" / "instruction-data.json"
-TOKENIZER = SHARED / "tokenizer" / "gpt2"
+from testkit.paths import INSTRUCTION_DATA as DATA
+from testkit.paths import REPO
+from testkit.paths import TOKENIZER_DIR as TOKENIZER
+from trainer.reporting.metrics import read_events
 
 # The tiny preset on the chapter's data, quick to train and to generate from.
 TINY = ["--model", "tiny", "--weights", "none", "--data", str(DATA), "--tokenizer-dir", str(TOKENIZER)]
@@ -86,3 +88,27 @@ def events(run_dir: Path, name: str = "metrics.jsonl") -> list[dict]:
 
 def of_type(evs: list[dict], type_: str) -> list[dict]:
     return [e for e in evs if e["type"] == type_]
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def step_logged(run_dir: Path, step: int) -> bool:
+    """Polled while the run writes: a half-written last line is skipped."""
+    return any(e["type"] == "train" and e["step"] >= step for e in read_events(run_dir / "metrics.jsonl"))
+
+
+def rank_processes(run_dir: Path) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if str(run_dir) in " ".join(p.info["cmdline"] or []):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found

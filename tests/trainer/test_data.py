@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from instruct import EntryError, format_input, format_prompt
-from trainer.data import (
+from trainer.training.data import (
     InstructionDataset,
     collate,
     count_truncated,
     load_instruction_data,
     split_entries,
 )
-from trainer.fetch import DownloadError
-from trainer.tokenizer import get_tokenizer
+from trainer.gpt2.fetch import DownloadError
+from trainer.gpt2.tokenizer import get_tokenizer
 
 # Entry 0 of the chapter's instruction-data.json as the chapter's InstructionDataset formats it.
 CHAPTER_ENTRY_0 = (
@@ -208,7 +208,6 @@ class CountingHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-@pytest.mark.slow
 def test_url_source_is_downloaded_once(instruction_data, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2_INSTRUCT_CACHE", str(tmp_path / "cache"))
     handler = lambda *args, **kwargs: CountingHandler(  # noqa: E731

@@ -11,11 +11,12 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 
-from tests.trainer.launcher import REPO, TINY, events, kill_group, of_type, shared_memory_buffers, start, train, wait
+from tests.trainer.launcher import (REPO, TINY, events, kill_group, of_type, rank_processes, shared_memory_buffers,
+                                    start, step_logged, train, wait, wait_for)
+from tests.trainer.reference import reference_steps
 
 pytestmark = pytest.mark.slow
 
@@ -39,41 +40,6 @@ def losses_by_step(run_dir: Path) -> dict[int, float]:
     for e in of_type(events(run_dir), "train"):
         assert seen.setdefault(e["step"], e["loss"]) == e["loss"], f"step {e['step']} replayed differently"
     return seen
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
-
-
-def step_logged(run_dir: Path, step: int) -> bool:
-    """Polled while the run writes: a half-written last line is skipped."""
-    from trainer.resume import read_events
-
-    return any(e["type"] == "train" and e["step"] >= step for e in read_events(run_dir / "metrics.jsonl"))
-
-
-def rank_processes(run_dir: Path) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        try:
-            if str(run_dir) in " ".join(p.info["cmdline"] or []):
-                found.append(p)
-        except psutil.Error:
-            pass
-    return found
-
-
-@pytest.fixture
-def no_leftovers(tmp_path):
-    yield
-    leftovers = rank_processes(tmp_path)
-    for p in leftovers:
-        p.kill()
-    assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
 
 
 @pytest.fixture(scope="module")
@@ -187,31 +153,8 @@ def test_a_hung_rank_stays_visible_in_its_heartbeats(tmp_path, no_leftovers, mon
     assert code == 0, log[-3000:]
 
 
-def one_step_reference(batch_index: int) -> dict[str, torch.Tensor]:
-    """One AdamW step of the tiny model on one global batch, computed here in plain PyTorch."""
-    from instruct import read_entries
-    from tests.trainer.launcher import DATA, TOKENIZER
-    from trainer.batches import epoch_order, global_batches
-    from trainer.data import InstructionDataset, collate, split_entries
-    from trainer.loss import target_count, token_loss_sum
-    from trainer.model import GPT, preset
-    from trainer.tokenizer import get_tokenizer
-
-    torch.manual_seed(123)
-    model = GPT(preset("tiny"))
-    train_split, _, _ = split_entries(read_entries(DATA))
-    dataset = InstructionDataset(train_split, get_tokenizer(TOKENIZER))
-    batch = global_batches(epoch_order(len(dataset), 123, 1), 8)[batch_index]
-    inputs, targets = collate([dataset[i].token_ids for i in batch])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=0.1)
-    loss = token_loss_sum(model(inputs), targets) / target_count(targets)
-    loss.backward()
-    optimizer.step()
-    return model.state_dict()
-
-
 def test_a_nan_on_one_rank_skips_the_whole_global_batch(tmp_path, no_leftovers, monkeypatch):
-    from trainer.weights import load_model
+    from trainer.gpt2.weights import load_model
 
     out = tmp_path / "run"
     monkeypatch.setenv("GPT2_INSTRUCT_TEST_NAN", "1:1:0")  # rank 1, epoch 1, first global batch
@@ -219,10 +162,11 @@ def test_a_nan_on_one_rank_skips_the_whole_global_batch(tmp_path, no_leftovers, 
     assert code == 0, log[-3000:]
     [alert] = of_type(events(out), "alert")
     assert alert["kind"] == "nonfinite_loss" and alert["rank"] == 1
+    assert alert["step"] == 0  # an alert's step is the last finished step
     assert [e["step"] for e in of_type(events(out), "train")] == [1]
     # The one step taken is the one a run that never saw batch 0 takes: on batch 1.
     trained = load_model("tiny", str(out / "tiny-sft.pth"))[0].state_dict()
-    expected = one_step_reference(batch_index=1)
+    expected, _ = reference_steps([1], [5e-5])
     assert max(float((trained[k] - expected[k]).abs().max()) for k in expected) <= 1e-6
 
 
@@ -280,7 +224,7 @@ def test_resume_refuses_a_different_run(reference, tmp_path):
 
 
 def test_export_consolidates_a_zero3_checkpoint_without_its_ranks(tmp_path, no_leftovers):
-    from trainer.weights import load_model
+    from trainer.gpt2.weights import load_model
 
     out = tmp_path / "run"
     code, log = train([*TINY, "--max-new-tokens", "2", "--eval-every", "0", "--max-steps", "4",

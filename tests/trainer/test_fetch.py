@@ -1,4 +1,4 @@
-"""trainer.fetch against a real HTTP server on 127.0.0.1 (tests/trainer/conftest.py)."""
+"""trainer.gpt2.fetch against a real HTTP server on 127.0.0.1 (tests/trainer/conftest.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.fetch import DownloadError, cache_dir, download, hub_sha256
+from trainer.gpt2.fetch import DownloadError, cache_dir, download, hub_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 HINT = "pass --weights PATH to a local model.safetensors"
@@ -107,14 +107,13 @@ def test_http_error_is_a_download_error(file_server, tmp_path):
         download(file_server.url("/missing"), tmp_path / "x", offline_hint=HINT)
 
 
-@pytest.mark.slow
 def test_concurrent_processes_share_one_download(file_server, tmp_path):
     """Two ranks of a node ask for the same file: one fetches it, the other waits and reuses it."""
     file_server.files["/f.bin"] = DATA
     file_server.seconds_per_chunk = 0.05  # 16 chunks: the download takes about 0.8 s
     dest = tmp_path / "f.bin"
     script = (
-        "import sys; from trainer.fetch import download; "
+        "import sys; from trainer.gpt2.fetch import download; "
         "print(download(sys.argv[1], sys.argv[2], sha256=sys.argv[3], offline_hint='x'))"
     )
     ranks = [

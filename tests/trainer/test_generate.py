@@ -15,18 +15,23 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import orjson
 import pytest
 import torch
 
 from instruct import format_input
-from trainer.generate import extract_response, generate, generate_recompute, generate_responses, journal_path
-from trainer.engine import native_bf16
-from trainer.metrics import compiled_graphs
-from trainer.model import GPT, preset
-from trainer.tokenizer import get_tokenizer
-from trainer.weights import load_model
+from testkit.compilation import compiled_graphs
+from trainer.generate import file_identity, journal_path
+from trainer.gpt2.fetch import sha256_file
+from trainer.gpt2.journal import ResponseJournal
+from trainer.gpt2.generation import GenerationSettings as Settings
+from trainer.gpt2.generation import extract_response, generate, generate_recompute, generate_responses
+from trainer.gpt2.model import GPT, preset
+from trainer.gpt2.precision import native_bf16
+from trainer.gpt2.tokenizer import get_tokenizer
+from trainer.gpt2.weights import load_model
 
 PROMPT_LENGTHS = (3, 17, 40, 8, 25)
 NO_EOS = -1  # an id no token has: rows run to max_new_tokens
@@ -54,10 +59,10 @@ def record_calls(module: torch.nn.Module, record):
 
 def test_batched_greedy_equals_recompute(model64):
     prompts = random_prompts(PROMPT_LENGTHS)
-    batched = generate(model64, prompts, max_new_tokens=20, eos_id=NO_EOS)
+    batched = generate(model64, prompts, Settings(max_new_tokens=20), eos_id=NO_EOS)
     for prompt, tokens in zip(prompts, batched):
         assert len(tokens) == 20
-        assert tokens == generate_recompute(model64, prompt, max_new_tokens=20, eos_id=NO_EOS)
+        assert tokens == generate_recompute(model64, prompt, Settings(max_new_tokens=20), eos_id=NO_EOS)
 
 
 def test_cached_logits_match_recompute_float32():
@@ -66,7 +71,7 @@ def test_cached_logits_match_recompute_float32():
     step_logits = []  # the logits each step picks from: the last position of each forward
     handle = record_calls(model, lambda _inputs, logits: step_logits.append(logits[:, -1].clone()))
     try:
-        outputs = generate(model, prompts, max_new_tokens=12, eos_id=NO_EOS)
+        outputs = generate(model, prompts, Settings(max_new_tokens=12), eos_id=NO_EOS)
     finally:
         handle.remove()
     assert len(step_logits) == 12  # one prefill and 11 decode steps (the 12th token is not fed)
@@ -88,7 +93,7 @@ def test_decode_steps_feed_one_token_per_row(model64):
         ),
     ]
     try:
-        generate(model64, prompts, max_new_tokens=6, eos_id=NO_EOS)
+        generate(model64, prompts, Settings(max_new_tokens=6), eos_id=NO_EOS)
     finally:
         for handle in handles:
             handle.remove()
@@ -106,21 +111,21 @@ def test_decode_steps_feed_one_token_per_row(model64):
 
 def test_eos_stops_rows_and_the_loop(model64):
     prompts = random_prompts(PROMPT_LENGTHS)
-    free = generate(model64, prompts, max_new_tokens=20, eos_id=NO_EOS)
+    free = generate(model64, prompts, Settings(max_new_tokens=20), eos_id=NO_EOS)
     # Make "eos" a token row 0 emits at step k (for the first time), so row 0 must stop there.
     k = next(s for s in range(3, 20) if free[0][s] not in free[0][:s])
     eos = free[0][k]
-    stopped = generate(model64, prompts, max_new_tokens=20, eos_id=eos)
+    stopped = generate(model64, prompts, Settings(max_new_tokens=20), eos_id=eos)
     assert stopped[0] == free[0][:k]
     for prompt, row_free, row in zip(prompts, free, stopped):
         expected = row_free[: row_free.index(eos)] if eos in row_free else row_free
         assert row == expected
-        assert row == generate_recompute(model64, prompt, max_new_tokens=20, eos_id=eos)
+        assert row == generate_recompute(model64, prompt, Settings(max_new_tokens=20), eos_id=eos)
     # Alone, row 0 is done after k decode steps: the loop stops without running to 20.
     calls = []
     handle = record_calls(model64, lambda inputs, _out: calls.append(inputs[0].shape))
     try:
-        assert generate(model64, prompts[:1], max_new_tokens=20, eos_id=eos) == [free[0][:k]]
+        assert generate(model64, prompts[:1], Settings(max_new_tokens=20), eos_id=eos) == [free[0][:k]]
     finally:
         handle.remove()
     assert len(calls) == 1 + k
@@ -132,47 +137,39 @@ def test_never_past_the_context_length():
     positions_seen = []
     handle = record_calls(model.transformer.wpe, lambda inputs, _out: positions_seen.append(int(inputs[0].max())))
     try:
-        outputs = generate(model, prompts, max_new_tokens=20, eos_id=NO_EOS)
+        outputs = generate(model, prompts, Settings(max_new_tokens=20), eos_id=NO_EOS)
     finally:
         handle.remove()
     # Prompt plus new tokens fill the context at most; a prompt longer than 31 is cut from the left.
     assert [len(tokens) for tokens in outputs] == [4, 1, 20, 1]
     assert max(positions_seen) <= 31
-    assert outputs[1] == generate(model, [prompts[1][-31:]], max_new_tokens=20, eos_id=NO_EOS)[0]
+    assert outputs[1] == generate(model, [prompts[1][-31:]], Settings(max_new_tokens=20), eos_id=NO_EOS)[0]
     for prompt, tokens in zip(prompts, outputs):
-        assert tokens == generate_recompute(model, prompt, max_new_tokens=20, eos_id=NO_EOS)
+        assert tokens == generate_recompute(model, prompt, Settings(max_new_tokens=20), eos_id=NO_EOS)
 
 
 def test_top_k_1_sampling_equals_greedy(model64):
     prompts = random_prompts(PROMPT_LENGTHS)
-    greedy = generate(model64, prompts, max_new_tokens=10, eos_id=NO_EOS)
-    sampled = generate(
-        model64, prompts, max_new_tokens=10, temperature=1.0, top_k=1, eos_id=NO_EOS,
-        generator=torch.Generator().manual_seed(5),
-    )
+    greedy = generate(model64, prompts, Settings(max_new_tokens=10), eos_id=NO_EOS)
+    sampled = generate(model64, prompts, Settings(max_new_tokens=10, temperature=1.0, top_k=1), eos_id=NO_EOS,
+                       generator=torch.Generator().manual_seed(5))
     assert sampled == greedy
+
+
+SAMPLING = Settings(max_new_tokens=10, temperature=1.5, top_k=50)
 
 
 def test_seeded_sampling_is_reproducible(model64):
     prompts = random_prompts(PROMPT_LENGTHS)
 
     def sample(seed):
-        return generate(
-            model64, prompts, max_new_tokens=10, temperature=1.5, top_k=50, eos_id=NO_EOS,
-            generator=torch.Generator().manual_seed(seed),
-        )
+        return generate(model64, prompts, SAMPLING, eos_id=NO_EOS, generator=torch.Generator().manual_seed(seed))
 
     assert sample(123) == sample(123)
     assert sample(123) != sample(124)
     # One prompt draws the same random numbers in the same order with or without the cache.
-    alone = generate_recompute(
-        model64, prompts[2], max_new_tokens=10, temperature=1.5, top_k=50, eos_id=NO_EOS,
-        generator=torch.Generator().manual_seed(7),
-    )
-    batched = generate(
-        model64, prompts[2:3], max_new_tokens=10, temperature=1.5, top_k=50, eos_id=NO_EOS,
-        generator=torch.Generator().manual_seed(7),
-    )
+    alone = generate_recompute(model64, prompts[2], SAMPLING, eos_id=NO_EOS, generator=torch.Generator().manual_seed(7))
+    batched = generate(model64, prompts[2:3], SAMPLING, eos_id=NO_EOS, generator=torch.Generator().manual_seed(7))
     assert batched == [alone]
 
 
@@ -183,15 +180,14 @@ def test_compiled_decode_step_gives_the_eager_tokens_without_recompiling(model64
     and however many steps; fixed shapes are also what CUDA graphs need on a GPU."""
     torch._dynamo.reset()  # forget graphs earlier tests compiled (the counter keeps counting)
     prompts = random_prompts(PROMPT_LENGTHS)
-    eager = generate(model64, prompts, max_new_tokens=12, eos_id=NO_EOS)
+    eager = generate(model64, prompts, Settings(max_new_tokens=12), eos_id=NO_EOS)
     before = compiled_graphs()
-    assert generate(model64, prompts, max_new_tokens=12, eos_id=NO_EOS, compile=True) == eager
+    assert generate(model64, prompts, Settings(max_new_tokens=12, compile=True), eos_id=NO_EOS) == eager
     assert compiled_graphs() == before + 1
     # Widths 40 and 33 with 12 and 20 new tokens: caches of 51 and 52 slots, both 64 when compiled.
     others = random_prompts((33, 9, 20, 30, 2), seed=2)
-    assert generate(model64, others, max_new_tokens=20, eos_id=NO_EOS, compile=True) == generate(
-        model64, others, max_new_tokens=20, eos_id=NO_EOS
-    )
+    compiled = generate(model64, others, Settings(max_new_tokens=20, compile=True), eos_id=NO_EOS)
+    assert compiled == generate(model64, others, Settings(max_new_tokens=20), eos_id=NO_EOS)
     assert compiled_graphs() == before + 1
 
 
@@ -202,9 +198,9 @@ def test_compiled_decode_step_on_a_model_compiled_in_place():
     torch._dynamo.reset()
     model = tiny_model(torch.float32)
     prompts = random_prompts(PROMPT_LENGTHS)
-    eager = generate(model, prompts, max_new_tokens=8, eos_id=NO_EOS)
+    eager = generate(model, prompts, Settings(max_new_tokens=8), eos_id=NO_EOS)
     model.compile(dynamic=True)
-    assert generate(model, prompts, max_new_tokens=8, eos_id=NO_EOS, compile=True) == eager
+    assert generate(model, prompts, Settings(max_new_tokens=8, compile=True), eos_id=NO_EOS) == eager
 
 
 def test_extract_response_as_the_chapter():
@@ -217,15 +213,14 @@ def test_generate_responses_in_input_order(model64, tokenizer_dir, instruction_d
     tokenizer = get_tokenizer(tokenizer_dir)
     entries = json.loads(instruction_data.read_text())[:5]
     progress = []
-    responses = generate_responses(
-        model64, tokenizer, entries, batch_size=2, max_new_tokens=8, on_batch=lambda *a: progress.append(a)
-    )
+    responses = generate_responses(model64, tokenizer, entries, Settings(batch_size=2, max_new_tokens=8),
+                                   on_batch=lambda *a: progress.append(a))
     assert progress == [(2, 5), (4, 5), (5, 5)]
     for entry, response in zip(entries, responses):
         # The chapter's loop: prompt = format_input(entry), decode the whole sequence, cut the prompt.
         input_text = format_input(entry)
         prompt = tokenizer.encode(input_text, allowed_special={"<|endoftext|>"})
-        tokens = generate_recompute(model64, prompt, max_new_tokens=8)
+        tokens = generate_recompute(model64, prompt, Settings(max_new_tokens=8))
         assert response == extract_response(tokenizer.decode(prompt + tokens), input_text)
     assert any(responses)
 
@@ -254,8 +249,8 @@ def run_cli(tiny_pth, tokenizer_dir, *args, stdin=None):
     return subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=120)
 
 
-def expected_responses(model, tokenizer_dir, entries, **kwargs):
-    return generate_responses(model, get_tokenizer(tokenizer_dir), entries, **kwargs)
+def expected_responses(model, tokenizer_dir, entries, **settings):
+    return generate_responses(model, get_tokenizer(tokenizer_dir), entries, Settings(**settings))
 
 
 def test_cli_answers_one_instruction(tiny_pth, cli_model, tokenizer_dir):
@@ -312,15 +307,20 @@ def test_cli_answers_a_file(tiny_pth, cli_model, tokenizer_dir, instruction_file
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "out.json"]
 
 
+def cli_journal(tiny_pth, path, out, **settings) -> ResponseJournal:
+    """The journal the CLI keeps for these flags (greedy, seed 123, fp32 on this CPU)."""
+    args = SimpleNamespace(file=path, seed=123)
+    identity = file_identity(args, Settings(**settings), sha256_file(tiny_pth), "fp32")
+    return ResponseJournal(journal_path(out), identity)
+
+
 def test_cli_resumes_from_the_journal(tiny_pth, cli_model, tokenizer_dir, instruction_file, tmp_path):
     path, entries = instruction_file
     out = tmp_path / "out.json"
     # Entries 0 and 4 finished before a crash, which cut the record of entry 2 short.
-    journal_path(out).write_bytes(
-        b'{"index":0,"model_response":"from the journal 0"}\n'
-        b'{"index":4,"model_response":"from the journal 4"}\n'
-        b'{"index":2,"model_res'
-    )
+    with cli_journal(tiny_pth, path, out, batch_size=2, max_new_tokens=6) as journal:
+        journal.append([0, 4], ["from the journal 0", "from the journal 4"])
+    journal.path.write_bytes(journal.path.read_bytes() + b'{"index":2,"respo')
     proc = run_cli(tiny_pth, tokenizer_dir, "--file", path, "--out", out, "--batch-size", 2, "--max-new-tokens", 6)
     assert proc.returncode == 0, proc.stderr
     assert "resuming: 2 of 7 entries already answered" in proc.stderr
@@ -332,7 +332,37 @@ def test_cli_resumes_from_the_journal(tiny_pth, cli_model, tokenizer_dir, instru
     assert not journal_path(out).exists()
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("change, named", [
+    (["--max-new-tokens", 7], "settings"),  # other settings
+    (["--seed", 5], "settings"),
+    ("weights", "weights"),  # other weights under the same name
+    ("input", "input"),  # the input file edited
+])
+def test_cli_refuses_a_journal_of_something_else(tiny_pth, tokenizer_dir, instruction_file, tmp_path, change, named):
+    """Resuming never mixes: a journal written with other weights, settings or input is refused in
+    one line naming what changed; --restart starts over."""
+    path, entries = instruction_file
+    out = tmp_path / "out.json"
+    weights = tmp_path / "weights.pth"
+    weights.write_bytes(tiny_pth.read_bytes())
+    with cli_journal(weights, path, out, max_new_tokens=6) as journal:
+        journal.append([0], ["from the journal"])
+    flags = ["--file", path, "--out", out, "--max-new-tokens", 6]
+    if change == "weights":
+        torch.save({k: v + 1e-3 for k, v in torch.load(tiny_pth, weights_only=True).items()}, weights)
+    elif change == "input":
+        path.write_bytes(path.read_bytes() + orjson.dumps({"instruction": "One more."}) + b"\n")
+    else:
+        flags += change
+    proc = run_cli(weights, tokenizer_dir, *flags)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"the journal's {named} differ" in proc.stderr and "--restart" in proc.stderr
+    assert not out.exists() and journal.path.exists()
+    proc = run_cli(weights, tokenizer_dir, *flags, "--restart")
+    assert proc.returncode == 0, proc.stderr
+    assert "from the journal" not in out.read_text() and not journal.path.exists()
+
+
 def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, tmp_path):
     # Enough work (64 x 64 tokens, one entry per batch) that the signal lands mid-file even
     # on an idle machine.
@@ -349,7 +379,7 @@ def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, 
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
-        while not (journal.exists() and journal.read_bytes().count(b"\n") >= 2) and time.monotonic() < deadline:
+        while not (journal.exists() and journal.read_bytes().count(b"\n") >= 3) and time.monotonic() < deadline:
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=60)
@@ -357,7 +387,7 @@ def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, 
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "interrupted" in stderr and not out.exists()
-    kept = [orjson.loads(line) for line in journal.read_bytes().splitlines()]
+    kept = [orjson.loads(line) for line in journal.read_bytes().splitlines()][1:]  # after the identity line
     assert 2 <= len(kept) < 64
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
@@ -365,7 +395,7 @@ def test_cli_interrupted_run_resumes(tiny_pth, tokenizer_dir, instruction_data, 
     answered = json.loads(out.read_text())
     assert [entry["instruction"] for entry in answered] == [entry["instruction"] for entry in entries]
     for record in kept:
-        assert answered[record["index"]]["model_response"] == record["model_response"]
+        assert answered[record["index"]]["model_response"] == record["response"]
     assert not journal.exists()
 
 

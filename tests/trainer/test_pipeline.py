@@ -12,7 +12,7 @@ import orjson
 import pytest
 import torch
 
-from tests.trainer.launcher import REPO, TINY, events, free_port, of_type, start, train, wait
+from tests.trainer.launcher import DATA, REPO, TINY, events, free_port, of_type, start, train, wait
 
 pytestmark = pytest.mark.slow
 
@@ -46,6 +46,9 @@ def test_flags_win_over_a_ds_config_with_one_warning_each(finished_run):
     _, out, log = finished_run
     for key in ("train_batch_size", "optimizer"):
         assert log.count(f"sets '{key}': the run's flags win") == 1, log[-3000:]
+    warnings = [e for e in of_type(events(out), "alert") if e["kind"] == "warning"]
+    assert sorted(e["message"].split("'")[1] for e in warnings) == ["optimizer", "train_batch_size"]
+    assert all(e["step"] == 0 and e["rank"] is None for e in warnings)
     resolved = orjson.loads((out / "ds_config.json").read_bytes())
     assert resolved["train_batch_size"] == 8 and "optimizer" not in resolved
 
@@ -68,7 +71,7 @@ def test_run_writes_every_output(finished_run):
     assert prov["weights"]["format"] == "random"
 
     responses = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
-    data = orjson.loads((REPO.parent / "shared" / "data" / "instruction-data.json").read_bytes())
+    data = orjson.loads(DATA.read_bytes())
     assert [{k: r[k] for k in ("instruction", "input", "output")} for r in responses] == data[935:1045]
     assert all(isinstance(r["model_response"], str) for r in responses)
 
@@ -112,10 +115,10 @@ def test_exports_match_the_trained_model(finished_run, tmp_path):
     loads into transformers with the same logits."""
     from transformers import GPT2LMHeadModel
 
-    from trainer.data import InstructionDataset, collate, split_entries
-    from trainer.loss import target_count, token_loss_sum
-    from trainer.tokenizer import get_tokenizer
-    from trainer.weights import load_model
+    from trainer.training.data import InstructionDataset, collate, split_entries
+    from trainer.training.loss import target_count, token_loss_sum
+    from trainer.gpt2.tokenizer import get_tokenizer
+    from trainer.gpt2.weights import load_model
     from tests.trainer.launcher import DATA, TOKENIZER
     from instruct import read_entries
 
@@ -180,9 +183,9 @@ def test_compile_keeps_the_curve_and_generates_the_eager_responses(tmp_path):
     and the test responses, generated through the compiled decode step, are the ones the exported
     weights give eagerly."""
     from tests.trainer.launcher import TOKENIZER
-    from trainer.generate import generate_responses
-    from trainer.tokenizer import get_tokenizer
-    from trainer.weights import load_model
+    from trainer.gpt2.generation import GenerationSettings, generate_responses
+    from trainer.gpt2.tokenizer import get_tokenizer
+    from trainer.gpt2.weights import load_model
 
     out = tmp_path / "run"
     code, log = train([*TINY, *SHORT, "--compile", "--out", str(out)], timeout=600)
@@ -196,7 +199,7 @@ def test_compile_keeps_the_curve_and_generates_the_eager_responses(tmp_path):
     model, _ = load_model("tiny", str(out / "tiny-sft.pth"))
     # Rank 0's shard (the first half), in the same batches of --generate-batch 16 as the run.
     shard = [{k: v for k, v in e.items() if k != "model_response"} for e in written[: len(written) // 2]]
-    expected = generate_responses(model, get_tokenizer(TOKENIZER), shard, batch_size=16, max_new_tokens=8)
+    expected = generate_responses(model, get_tokenizer(TOKENIZER), shard, GenerationSettings(max_new_tokens=8))
     assert [e["model_response"] for e in written[: len(shard)]] == expected
 
 
@@ -271,3 +274,25 @@ def test_bad_data_under_the_launcher_stops_both_ranks_and_writes_nothing(tmp_pat
     assert code != 0
     assert f"error: {bad}: entry 1: missing field 'output'" in log
     assert not out.exists()
+
+
+def test_logged_rates_and_clipping_are_the_ones_the_updates_used(tmp_path):
+    """--warmup-steps 2 --schedule cosine --grad-clip: each `train` event's lr is the closed-form
+    rate of its own update, grad_norm is the norm before clipping, and the weights after 4 steps
+    are those of a plain-PyTorch run with the same rates and clipping (2 ranks, ZeRO-2)."""
+    from tests.trainer.reference import reference_steps
+    from trainer.gpt2.weights import load_model
+
+    base, warmup, total, clip = 5e-5, 2, 4, 0.5
+    rates = [base * 0.5, base, base, base * 0.5 * (1 + math.cos(math.pi * 1 / (total - warmup)))]
+    out = tmp_path / "run"
+    code, log = train([*TINY, "--max-steps", str(total), "--warmup-steps", str(warmup), "--schedule", "cosine",
+                       "--grad-clip", str(clip), "--eval-every", "0", "--max-new-tokens", "1", "--out", str(out)])
+    assert code == 0, log[-3000:]
+    trains = of_type(events(out), "train")
+    assert [e["lr"] for e in trains] == pytest.approx(rates, rel=1e-12)
+    expected, norms = reference_steps(list(range(total)), rates, clip=clip)
+    assert [e["grad_norm"] for e in trains] == pytest.approx(norms, rel=1e-5)
+    assert min(norms) > clip  # every step was clipped
+    trained = load_model("tiny", str(out / "tiny-sft.pth"))[0].state_dict()
+    assert max(float((trained[k] - expected[k]).abs().max()) for k in expected) <= 2e-6

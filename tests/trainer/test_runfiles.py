@@ -9,9 +9,9 @@ import time
 import orjson
 import pytest
 
-from trainer.config import TrainConfig
-from trainer.outputs import loss_history
-from trainer.resume import newest_unfinished, run_status
+from trainer.training.config import TrainConfig
+from trainer.reporting.lossplot import loss_history
+from trainer.lifecycle.resume import newest_unfinished, run_status
 
 
 def write_events(path, events):
@@ -58,7 +58,7 @@ def test_resume_without_out_picks_the_newest_unfinished_run(tmp_path):
 
 
 def test_shuffle_split_is_seeded_and_keeps_every_entry(instruction_data, tokenizer_dir):
-    from trainer.pipeline import prepare_data
+    from trainer.lifecycle.pipeline import prepare_data
 
     plain = prepare_data(TrainConfig(data=str(instruction_data), tokenizer_dir=str(tokenizer_dir)))
     shuffled = prepare_data(TrainConfig(data=str(instruction_data), tokenizer_dir=str(tokenizer_dir), shuffle_split=True))

@@ -18,16 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.train_throughput import use_hand_written_attention
 from instruct import read_entries
+from testkit.attention import use_hand_written_attention
+from testkit.compilation import compiled_graphs
 from tests.trainer.launcher import TINY, events, of_type, train
-from trainer.batches import epoch_order, global_batches, group_by_length_order, micro_batches, rank_slice
-from trainer.data import Example, InstructionDataset, collate, split_entries
-from trainer.loss import IGNORE_INDEX, target_count, token_loss_sum
-from trainer.metrics import compiled_graphs
-from trainer.model import EOT_TOKEN_ID, GPT, preset
-from trainer.packing import block_causal_mask, flex_block_mask, forward_kwargs, pack, pack_rows
-from trainer.tokenizer import get_tokenizer
+from trainer.training.batches import epoch_order, global_batches, group_by_length_order, micro_batches, rank_slice
+from trainer.training.data import Example, InstructionDataset, collate, split_entries
+from trainer.training.loss import IGNORE_INDEX, target_count, token_loss_sum
+from trainer.gpt2.model import GPT, preset
+from trainer.gpt2.tokenizer import EOT_TOKEN_ID
+from trainer.training.packing import block_causal_mask, flex_block_mask, forward_kwargs, pack, pack_rows
+from trainer.gpt2.tokenizer import get_tokenizer
 
 STEPS = 3
 GLOBAL_BATCH = 8

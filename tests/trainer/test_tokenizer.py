@@ -10,8 +10,8 @@ import time
 import orjson
 import pytest
 
-from trainer import tokenizer as tokenizer_module
-from trainer.tokenizer import GPT2_FILES_SHA256, TokenizerError, get_tokenizer, tokenizer_files_sha256
+from trainer.gpt2 import tokenizer as tokenizer_module
+from trainer.gpt2.tokenizer import GPT2_FILES_SHA256, TokenizerError, get_tokenizer, tokenizer_files_sha256
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +127,6 @@ def test_offline_without_directory_fails_fast(no_tiktoken_cache, monkeypatch):
     assert "--tokenizer-dir DIR" in message and "GPT2_TOKENIZER_DIR" in message
 
 
-@pytest.mark.slow
 def test_hanging_download_is_abandoned(no_tiktoken_cache, monkeypatch):
     """A network that never answers (packets dropped) must not hold the run for minutes."""
     monkeypatch.setattr(tokenizer_module, "DOWNLOAD_TIMEOUT_S", 0.5)

@@ -1,4 +1,4 @@
-"""trainer.weights against independent implementations: transformers' GPT2LMHeadModel (test-only)
+"""trainer.gpt2.weights against independent implementations: transformers' GPT2LMHeadModel (test-only)
 and a minimal re-implementation of the chapter's GPTModel, with every tensor randomised, so a
 mis-mapped, untransposed or swapped tensor changes the logits."""
 
@@ -15,16 +15,15 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from trainer.fetch import DownloadError, sha256_file
-from trainer.model import GPT, preset
-from trainer.weights import (
+from trainer.gpt2.fetch import DownloadError, sha256_file
+from trainer.gpt2.model import GPT, preset
+from trainer.gpt2.weights import (
     HUB_SHA256,
     chapter_filename,
     download_pretrained,
     export_chapter_pth,
     export_hf,
     load_model,
-    save_project_pth,
 )
 
 TINY = preset("tiny")  # emb_dim 64, 2 layers, 4 heads, the real vocabulary and context
@@ -277,8 +276,8 @@ def test_chapters_own_file_loads(tmp_path):
 def test_project_pth_round_trip(tmp_path, tied):
     model = our_model(tied)
     path = tmp_path / "model.pth"
-    save_project_pth(model, path)
-    assert ("lm_head.weight" in torch.load(path, weights_only=True)) == (not tied)  # the tied head once
+    # This project's layout: its state dict, a tied head stored once (as the embedding).
+    torch.save({k: v for k, v in model.state_dict().items() if not (tied and k == "lm_head.weight")}, path)
 
     again, info = load_model("tiny", str(path))
     assert info.format == "project"
@@ -302,7 +301,7 @@ def test_chapter_filenames():
 def test_exports_replace_files_atomically(tmp_path):
     path = tmp_path / "model.pth"
     path.write_bytes(b"old")
-    save_project_pth(our_model(True), path)
+    export_chapter_pth(our_model(True), path)
     assert [p.name for p in tmp_path.iterdir()] == ["model.pth"]  # no temporary file left
 
 

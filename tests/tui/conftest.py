@@ -10,7 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.tui.synthetic import RunWriter, judge_summary
+from testkit.runs import RunWriter, judge_summary
+from testkit.screens import screen_text
 from tui.app import DashboardApp, DashboardConfig, DashboardScreen
 from tui.state import Thresholds
 
@@ -91,11 +92,6 @@ async def following_mid_run(writer: RunWriter, clock: Clock | None = None, size=
     async with app.run_test(size=size) as pilot:
         await wait_for_text(pilot, "step 120/232")
         yield app, pilot
-
-
-def screen_text(app: DashboardApp) -> str:
-    """The screen as plain text, as a terminal would show it."""
-    return "\n".join(strip.text for strip in app.screen._compositor.render_strips())
 
 
 async def wait_for(pilot, condition, timeout: float = 10.0) -> None:

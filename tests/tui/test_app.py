@@ -12,7 +12,7 @@ from rich.color import Color
 from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
                                MARKUP_RESPONSE, MARKUP_RUN_NAME, Clock, following_mid_run, make_app,
                                markup_run, mid_run, screen_text, settle, wait_for, wait_for_text)
-from tests.tui.synthetic import RunWriter, judge_summary
+from testkit.runs import RunWriter, judge_summary
 from tui.app import DashboardScreen, RunsScreen
 from tui.widgets import LossChart, RunHeader
 

@@ -8,7 +8,7 @@ import os
 import orjson
 
 import tui.follow
-from tests.tui.synthetic import judge_summary
+from testkit.runs import judge_summary
 from tui.follow import JsonlFollower, RunFollower
 
 

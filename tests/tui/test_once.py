@@ -10,10 +10,10 @@ import time
 
 import orjson
 
-from tests.conftest import REPO
+from testkit.paths import REPO
 from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
                                 MARKUP_RESPONSE, MARKUP_RUN_NAME, markup_run, mid_run)
-from tests.tui.synthetic import RunWriter, judge_summary
+from testkit.runs import RunWriter, judge_summary
 from tui.once import read_run, run_summary
 from tui.state import Thresholds
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import REPO
+from testkit.paths import REPO
 from tests.tui.conftest import Clock, make_app, screen_text, wait_for
 from tui.app import DashboardScreen
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.tui.synthetic import RunWriter
+from testkit.runs import RunWriter
 from tui.follow import RunFollower
 from tui.series import Series
 from tui.state import RunState, Thresholds

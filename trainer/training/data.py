@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import Dataset
 
 from instruct import format_prompt, read_entries
-from trainer.loss import IGNORE_INDEX
-from trainer.model import EOT_TOKEN_ID
+from trainer.training.loss import IGNORE_INDEX
+from trainer.gpt2.tokenizer import EOT_TOKEN_ID
 
 
 def load_instruction_data(source: str) -> tuple[list[dict], Path]:
@@ -29,7 +29,7 @@ def load_instruction_data(source: str) -> tuple[list[dict], Path]:
     instruct.read_entries: a bad one raises an EntryError naming the file, entry and field.
     """
     if source.startswith(("http://", "https://")):
-        from trainer.fetch import cache_dir, download
+        from trainer.gpt2.fetch import cache_dir, download
 
         # The URL's hash keeps two files of the same name from different places apart.
         url_hash = hashlib.sha256(source.encode()).hexdigest()[:16]

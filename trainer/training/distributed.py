@@ -72,10 +72,10 @@ def _unlink_shared_memory_buffer(rank: int) -> None:
     (Path("/dev/shm") / name).unlink(missing_ok=True)
 
 
-def broadcast_object(obj, src: int = 0):
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]
+def store() -> dist.Store:
+    """The process group's key-value store (a TCP server in rank 0's process): ranks exchange small
+    values through it without a collective, so without --dist-timeout."""
+    return dist.distributed_c10d._get_default_store()
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
@@ -83,6 +83,12 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor.tolist()
+
+
+def barrier() -> None:
+    """Every rank waits for the others (a single process has nobody to wait for)."""
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def shutdown(barrier: bool) -> None:

@@ -18,7 +18,7 @@ Every `torch.load` here passes `weights_only=True`: a checkpoint is data, never 
 
 Environment: GPT2_INSTRUCT_HUB_URL, the base URL of the pretrained repositories (default
 https://huggingface.co/openai-community; tests point it at a server on 127.0.0.1), and
-GPT2_INSTRUCT_CACHE, where downloads are kept (trainer/fetch.py).
+GPT2_INSTRUCT_CACHE, where downloads are kept (trainer/gpt2/fetch.py).
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import torch
 from safetensors import SafetensorError
 
 from instruct import atomic_write_json
-from trainer.fetch import cache_dir, download, hub_sha256, sha256_file
-from trainer.model import CHAPTER_SIZE_NAMES, EOT_TOKEN_ID, GPT, GPTConfig, preset
+from trainer.gpt2.fetch import cache_dir, download, hub_sha256, sha256_file
+from trainer.gpt2.model import CHAPTER_SIZE_NAMES, GPT, GPTConfig, preset
+from trainer.gpt2.tokenizer import EOT_TOKEN_ID
 
 # The pretrained checkpoints: repositories under GPT2_INSTRUCT_HUB_URL.
 HUB_REPOS = {"gpt2-small": "gpt2", "gpt2-medium": "gpt2-medium", "gpt2-large": "gpt2-large", "gpt2-xl": "gpt2-xl"}
@@ -117,7 +118,7 @@ def load_model(
 ) -> tuple[GPT, WeightsInfo]:
     """A GPT (fp32, on the CPU) and where its weights came from.
 
-    model: a preset name (trainer/model.py), or None when a config.json gives the architecture.
+    model: a preset name (trainer/gpt2/model.py), or None when a config.json gives the architecture.
     weights: "auto" (a preset's pretrained weights from the hub; random for `tiny`, which has
     none), "none" (random init), or a path: a HF model.safetensors or its directory, or a .pth
     in this project's or the chapter's layout.
@@ -370,11 +371,6 @@ def chapter_filename(model: str) -> str:
 def export_chapter_pth(model: GPT, path: str | Path) -> None:
     chapter = state_dict_to_chapter(_cpu_state(model), model.config)
     _write_atomically(Path(path), lambda tmp: torch.save(chapter, tmp))
-
-
-def save_project_pth(model: GPT, path: str | Path) -> None:
-    state = _project_state(_cpu_state(model), model.config)
-    _write_atomically(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def export_hf(model: GPT, directory: str | Path) -> None:

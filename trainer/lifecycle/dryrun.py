@@ -9,7 +9,7 @@ estimators. Activations come on top and depend on the batch.
 
 from __future__ import annotations
 
-from trainer.loop import plan_steps
+from trainer.training.loop import plan_steps
 
 
 def model_state_bytes(params: int, world_size: int, stage: int, precision: str) -> float:
@@ -29,10 +29,10 @@ def dry_run_model(config):
     """The model's shape without its weights: no download, no memory (the meta device)."""
     import torch
 
-    from trainer.model import GPT, preset
+    from trainer.gpt2.model import GPT, preset
 
     if config.weights not in ("auto", "none"):
-        from trainer.weights import load_model
+        from trainer.gpt2.weights import load_model
 
         return load_model(config.model, config.weights)[0]
     with torch.device("meta"):

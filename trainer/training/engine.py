@@ -1,12 +1,22 @@
-"""The DeepSpeed engine: its config, the client optimizer and the learning-rate schedule.
+"""The DeepSpeed engine: its config, the client optimizer, the learning-rate schedule, and a plain
+copy of its model.
 
 ds_config.json (repo root, or --ds-config) holds what is DeepSpeed's business: the ZeRO stage and
 its communication settings, bf16. Batch sizes, optimizer, schedule and clipping belong to the
-run's TrainConfig; a user's ds_config that sets them anyway is overridden with one warning.
+run's TrainConfig; a user's ds_config that sets them to other values anyway is overridden with
+one warning each.
+
+`plain_model` gives the engine's model as a plain GPT, for generation (samples, test responses)
+and exports. Under ZeRO 0-2 every rank holds the whole model and the engine's module is used as
+it is. Under ZeRO-3 each rank holds a shard: the parameters are gathered once (a collective: every
+rank calls it) into a plain GPT on each rank, which then generates without collectives.
+Generating through the ZeRO-3 engine would re-gather every layer at every forward (orders of
+magnitude slower), and ranks that finish early would leave the others hanging in a gather.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from pathlib import Path
@@ -14,29 +24,12 @@ from pathlib import Path
 import orjson
 import torch
 
-from trainer.config import DS_KEYS_OWNED_BY_CONFIG, BatchLayout, TrainConfig
+from trainer.gpt2.model import GPT
+from trainer.training.config import DS_KEYS_OWNED_BY_CONFIG, BatchLayout, TrainConfig
 
 # A clipping threshold no gradient reaches: DeepSpeed computes (and reports) the global gradient
 # norm only when clipping is on, and clipping by a factor of exactly 1.0 leaves gradients unchanged.
 MEASURE_ONLY_CLIP = 1e12
-
-
-def native_bf16(device: torch.device) -> bool:
-    """bf16 matmuls in hardware: GPUs that have them, CPUs with AVX512-BF16 or AMX (through oneDNN).
-    Elsewhere bf16 is emulated, slower than fp32."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        if device.type == "cpu" and requested == "fp16":
-            raise ValueError("--precision fp16 is not supported on CPU: use bf16 or fp32")
-        return requested
-    if device.type == "cuda" and native_bf16(device):  # a CPU stays fp32 (docs/performance.md)
-        return "bf16"
-    return "fp32"
 
 
 def read_ds_config(path: str | Path) -> dict:
@@ -52,15 +45,21 @@ def read_ds_config(path: str | Path) -> dict:
 def build_ds_config(
     user: dict, config: TrainConfig, layout: BatchLayout, precision: str
 ) -> tuple[dict, list[str]]:
-    """The DeepSpeed config the engine runs with, and the keys that the run's flags overrode."""
+    """The DeepSpeed config the engine runs with, and the keys of `user` whose concrete values the
+    run's flags overrode ("auto", or the value the flags give anyway, override nothing)."""
     ds = copy.deepcopy(user)
-    overridden = [key for key in DS_KEYS_OWNED_BY_CONFIG if key in ds]
-    for key in ("optimizer", "scheduler"):
+    owned = {
+        "train_batch_size": layout.global_batch,
+        "train_micro_batch_size_per_gpu": layout.micro_batch,
+        "gradient_accumulation_steps": layout.grad_accum,
+        # DeepSpeed computes (and reports) the global gradient norm only when clipping is on.
+        "gradient_clipping": config.grad_clip if config.grad_clip > 0 else MEASURE_ONLY_CLIP,
+    }
+    overridden = [key for key in DS_KEYS_OWNED_BY_CONFIG
+                  if key in ds and ds[key] != "auto" and ds[key] != owned.get(key)]
+    for key in ("optimizer", "scheduler"):  # the client optimizer and schedule: build_engine
         ds.pop(key, None)
-    ds["train_batch_size"] = layout.global_batch
-    ds["train_micro_batch_size_per_gpu"] = layout.micro_batch
-    ds["gradient_accumulation_steps"] = layout.grad_accum
-    ds["gradient_clipping"] = config.grad_clip if config.grad_clip > 0 else MEASURE_ONLY_CLIP
+    ds.update(owned)
     zero = ds.setdefault("zero_optimization", {})
     if config.zero_stage is not None:
         zero["stage"] = config.zero_stage
@@ -109,3 +108,25 @@ def build_engine(model: torch.nn.Module, ds_config: dict, config: TrainConfig, t
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
     )
     return engine
+
+
+def plain_model(engine, dtype: torch.dtype | None = None) -> GPT:
+    """The engine's model, or a plain copy of it (always under ZeRO-3, or to change its dtype)."""
+    module = engine.module
+    device = next(module.parameters()).device
+    zero3 = engine.zero_optimization_stage() == 3
+    if not zero3 and (dtype is None or next(module.parameters()).dtype == dtype):
+        return module
+    plain = GPT(module.config).to(device)
+    params = dict(module.named_parameters())
+    if zero3:
+        import deepspeed
+
+        gathered = deepspeed.zero.GatheredParameters(list(params.values()), modifier_rank=None)
+    else:
+        gathered = contextlib.nullcontext()
+    with gathered, torch.no_grad():
+        for name, target in plain.named_parameters():
+            target.copy_(params[name].data)
+    plain.eval()
+    return plain.to(dtype) if dtype is not None else plain

@@ -14,10 +14,8 @@ from __future__ import annotations
 import torch
 
 
-def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> list[int]:
-    """The example indices of one epoch (epochs count from 1)."""
-    if not shuffle:
-        return list(range(num_examples))
+def epoch_order(num_examples: int, seed: int, epoch: int) -> list[int]:
+    """The example indices of one epoch (epochs count from 1), shuffled with the seed."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(num_examples, generator=generator).tolist()
 
@@ -29,8 +27,9 @@ def global_batches(order: list[int], global_batch: int, drop_last: bool = True) 
     return batches
 
 
-def rank_slice(batch: list[int], rank: int, world_size: int) -> list[int]:
-    """This rank's contiguous share of a global batch (ranks differ by at most one example)."""
+def rank_slice(batch: list, rank: int, world_size: int) -> list:
+    """This rank's contiguous share of a list (a global batch, the evaluation's examples): the
+    project's one sharding rule. Ranks differ by at most one item."""
     base, extra = divmod(len(batch), world_size)
     start = rank * base + min(rank, extra)
     return batch[start : start + base + (1 if rank < extra else 0)]

@@ -1,14 +1,14 @@
-"""What a run tells the outside world while it runs: metrics.jsonl, rank heartbeats, and MFU.
+"""Where a run's events go while it runs: metrics.jsonl (rank 0) and each rank's heartbeat file.
 
-The format is the contract of docs/metrics.md (schema v1); the dashboard reads these files and
-nothing else. Global rank 0 writes metrics.jsonl; every rank writes its own heartbeat file from a
-background thread, so a hung rank stays visible while the others wait in a collective.
+The format is the contract of docs/metrics.md, defined in code by trainer/reporting/events.py;
+the dashboard reads these files and nothing else. Global rank 0 writes metrics.jsonl; every rank
+writes its own heartbeat file from a background thread, so a hung rank stays visible while the
+others wait in a collective.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 import threading
 import time
@@ -16,68 +16,19 @@ from pathlib import Path
 
 import orjson
 
-SCHEMA_VERSION = 1
-PHASES = ("data", "forward", "backward", "step", "eval", "generate", "checkpoint", "idle")
-
-# Dense peak throughput in FLOP/s by device-name words and dtype (docs/metrics.md).
-# Checked in order: the first found as whole words in torch.cuda.get_device_name() wins
-# ("NVIDIA L4" is an L4; "NVIDIA L40S" is not).
-PEAK_FLOPS = [
-    ("H100 PCIe", {"bf16": 756e12, "fp16": 756e12, "fp32": 51e12}),
-    ("H100", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
-    ("H200", {"bf16": 989e12, "fp16": 989e12, "fp32": 67e12}),
-    ("A100", {"bf16": 312e12, "fp16": 312e12, "fp32": 19.5e12}),
-    ("L4", {"bf16": 121e12, "fp16": 121e12, "fp32": 30e12}),
-]
+from trainer.reporting.events import PHASES, Event, System
 
 
-def peak_flops(device_name: str | None, precision: str) -> float | None:
-    """The device's dense peak for `precision` ("bf16", "fp16", "fp32"); None when unknown."""
-    if not device_name:
-        return None
-    for words, peaks in PEAK_FLOPS:
-        if re.search(rf"\b{re.escape(words)}\b", device_name):
-            return peaks.get(precision)
-    return None
-
-
-def flops_per_token(non_embedding_params: int, n_layers: int, emb_dim: int, seq_len: int) -> float:
-    """Training FLOPs per token: nanoGPT's estimate_mfu, after PaLM (Chowdhery et al. 2022, app. B).
-
-    6N for the forward and backward matmuls of the weights plus 12 * L * d * T for attention's
-    QK^T and AV. N excludes the position embedding (a lookup, no matmul) but keeps the token
-    embedding, which is also the output head.
-    """
-    return 6 * non_embedding_params + 12 * n_layers * emb_dim * seq_len
-
-
-def mfu(
-    tokens_per_s_per_device: float,
-    non_embedding_params: int,
-    n_layers: int,
-    emb_dim: int,
-    seq_len: int,
-    device_name: str | None,
-    precision: str,
-) -> float | None:
-    """Model FLOPs utilisation in 0..1; None when the device's peak is unknown (e.g. a CPU)."""
-    peak = peak_flops(device_name, precision)
-    if peak is None:
-        return None
-    achieved = flops_per_token(non_embedding_params, n_layers, emb_dim, seq_len) * tokens_per_s_per_device
-    return achieved / peak
-
-
-def compiled_graphs() -> int:
-    """Graphs torch.compile has compiled in this process so far (dynamo's counter, which
-    torch._dynamo.reset() does not reset): the benchmarks and tests count recompilations with it."""
-    from torch._dynamo.utils import counters
-
-    return counters["stats"]["unique_graphs"]
-
-
-def event(type_: str, **fields) -> dict:
-    return {"v": SCHEMA_VERSION, "type": type_, "time": time.time(), **fields}
+def read_events(path: Path) -> list[dict]:
+    """The events of a metrics.jsonl, in order; a line cut by a kill is skipped."""
+    events = []
+    if Path(path).is_file():
+        for line in Path(path).read_bytes().splitlines():
+            try:
+                events.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+    return events
 
 
 class MetricsWriter:
@@ -87,11 +38,9 @@ class MetricsWriter:
         self.path = Path(path)
         self.file = open(self.path, "ab")
 
-    def write(self, type_: str, **fields) -> dict:
-        record = event(type_, **fields)
-        self.file.write(orjson.dumps(record) + b"\n")
+    def write(self, event: Event) -> None:
+        self.file.write(orjson.dumps(event.record()) + b"\n")
         self.file.flush()
-        return record
 
     def close(self) -> None:
         self.file.close()
@@ -128,6 +77,8 @@ class Heartbeat:
 
     @phase.setter
     def phase(self, value: str) -> None:
+        if value not in PHASES:
+            raise ValueError(f"heartbeat phase {value!r} is not one of docs/metrics.md's {PHASES}")
         if value != self._phase:
             self._phase = value
             self.phase_since = time.time()
@@ -162,11 +113,11 @@ class Heartbeat:
                     gpu_util = None
         except Exception:
             pass
-        record = event(
-            "system",
+        record = System(
             host=self.host,
             rank=self.rank,
             local_rank=self.local_rank,
+            pid=os.getpid(),
             step=self.step,
             phase=self._phase,
             phase_since=self.phase_since,
@@ -175,7 +126,7 @@ class Heartbeat:
             gpu_util_percent=gpu_util,
             gpu_mem_used_bytes=gpu_used,
             gpu_mem_total_bytes=gpu_total,
-        )
+        ).record()
         try:
             with open(self.path, "ab") as f:
                 f.write(orjson.dumps(record) + b"\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from trainer.metrics import mfu, peak_flops
+from trainer.reporting.mfu import mfu, peak_flops
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """`--resume`: which run to continue, whether it may be continued, and from where.
 
 The run is --out, or without it the newest run under runs/ that did not complete. It continues
-from its latest complete checkpoint (trainer/checkpoint.py). A changed model, data file or global
+from its latest complete checkpoint (trainer/lifecycle/checkpoint.py). A changed model, data file or global
 batch would silently make a different run: those are refused, naming what differs, by comparing
 with the provenance in the run's config.json. The number of ranks may change (the global batch
 stays; the checkpoint is converted to DeepSpeed's universal format).
@@ -14,8 +14,9 @@ from pathlib import Path
 
 import orjson
 
-from trainer import checkpoint
-from trainer.fetch import sha256_file
+from trainer.lifecycle import checkpoint
+from trainer.gpt2.fetch import sha256_file
+from trainer.reporting.metrics import read_events
 
 
 @dataclass
@@ -25,17 +26,7 @@ class ResumePoint:
     tag: str | None  # checkpoint to load; None: no complete checkpoint yet, start over
     progress: dict | None  # the checkpoint's progress.json
     zero_stage: int  # the stage the checkpoint was written with
-
-
-def read_events(path: Path) -> list[dict]:
-    events = []
-    if path.is_file():
-        for line in path.read_bytes().splitlines():
-            try:
-                events.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                continue  # a line cut by a kill
-    return events
+    full_val_loss: tuple[int, float] | None  # (step, loss) of a full evaluation logged at the checkpoint's step
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -79,11 +70,25 @@ def find(out: str | None, model: str, data_path: Path, global_batch: int) -> Res
         raise ValueError(f"{run_dir}: the run already completed; nothing to resume")
     directory = checkpoint.checkpoint_dir(run_dir)
     tag = checkpoint.latest_tag(directory) if directory.is_dir() else None
-    attempts = sum(1 for e in read_events(run_dir / "metrics.jsonl") if e.get("type") == "run_start")
+    events = read_events(run_dir / "metrics.jsonl")
+    progress = checkpoint.read_progress(directory, tag) if tag else None
     return ResumePoint(
         run_dir=run_dir,
-        attempt=attempts + 1,
+        attempt=sum(1 for e in events if e.get("type") == "run_start") + 1,
         tag=tag,
-        progress=checkpoint.read_progress(directory, tag) if tag else None,
+        progress=progress,
         zero_stage=recorded["ds_config"]["zero_optimization"]["stage"],
+        full_val_loss=full_evaluation_at(events, progress["step"]) if progress else None,
     )
+
+
+def full_evaluation_at(events: list[dict], step: int) -> tuple[int, float] | None:
+    """The loss of a full evaluation logged at `step` by an attempt whose weights there are the
+    checkpoint's (docs/metrics.md, "Resumed runs": a later run_start drops what follows its step)."""
+    found = None
+    for event in events:
+        if event.get("type") == "run_start" and found and found[0] > event.get("resumed_from_step", 0):
+            found = None
+        elif event.get("type") == "eval" and event.get("full") and event.get("step") == step:
+            found = (step, event["val_loss"])
+    return found

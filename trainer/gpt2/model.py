@@ -4,11 +4,11 @@ The architecture of Radford et al. 2019 ("Language Models are Unsupervised Multi
 as implemented in OpenAI's gpt-2 and Hugging Face's GPT2LMHeadModel: learned position embeddings,
 pre-LayerNorm blocks, fused qkv projection with bias, GELU (tanh approximation), a final LayerNorm.
 Module names follow nanoGPT's model.py, which follow the Hugging Face names, so converting
-weights is a matter of transposing the Conv1D matrices (see trainer/weights.py).
+weights is a matter of transposing the Conv1D matrices (see trainer/gpt2/weights.py).
 
 Attention goes through torch.nn.functional.scaled_dot_product_attention (flash / memory-efficient
 kernels on GPUs). For generation, a KVCache (gpt-fast style: preallocated per layer) lets a decode
-step feed one token per row. For packed training rows (trainer/packing.py) the mask is either a
+step feed one token per row. For packed training rows (trainer/training/packing.py) the mask is either a
 boolean tensor (SDPA) or a FlexAttention BlockMask, which skips the blocks no query may see.
 """
 
@@ -23,9 +23,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, flex_attention
 from torch.utils.checkpoint import checkpoint
-
-EOT_TOKEN_ID = 50256  # <|endoftext|>
-
 
 @functools.cache
 def compiled_flex_attention():
@@ -131,7 +128,7 @@ class CausalSelfAttention(nn.Module):
             # Plain causal self-attention over the T positions (training, full recomputation).
             return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
         if isinstance(attn_mask, BlockMask):
-            # Packed rows on GPUs (trainer/packing.py). FlexAttention has no attention dropout.
+            # Packed rows on GPUs (trainer/training/packing.py). FlexAttention has no attention dropout.
             if dropout_p:
                 raise ValueError("packed rows with a BlockMask take no attention dropout: use --dropout 0")
             return compiled_flex_attention()(q, k, v, block_mask=attn_mask)
@@ -223,7 +220,7 @@ class GPT(nn.Module):
 
         positions: (B, T) or (T,) position ids; default 0..T-1 (training, full recomputation).
         attn_mask: bool mask broadcastable to (B, heads, T, keys), True = may attend; default causal.
-            Or a FlexAttention BlockMask (packed rows on GPUs, trainer/packing.py).
+            Or a FlexAttention BlockMask (packed rows on GPUs, trainer/training/packing.py).
         cache_slots: with caches set up (setup_caches), the cache slot of each of the T tokens (T,).
         last_only: logits of the last position only, (B, 1, vocab): a generation prefill needs
             no more, and the vocabulary projection is the largest matmul of a short prompt.

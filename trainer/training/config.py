@@ -115,10 +115,6 @@ class BatchLayout:
     grad_accum: int
     world_size: int
 
-    @property
-    def per_rank(self) -> int:
-        return self.micro_batch * self.grad_accum
-
 
 def batch_layout(global_batch: int, micro_batch: int | None, world_size: int) -> BatchLayout:
     if micro_batch is None:

@@ -18,6 +18,9 @@ from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 from tiktoken_ext.openai_public import ENDOFTEXT, r50k_pat_str
 
 TOKENIZER_DIR_ENV = "GPT2_TOKENIZER_DIR"
+# <|endoftext|>: GPT-2's one special token. It ends every training example, pads batches (the
+# chapter's collate) and stops generation.
+EOT_TOKEN_ID = 50256
 
 # The files of OpenAI's GPT-2 release and their sha256s, as tiktoken_ext/openai_public.py checks.
 GPT2_FILES_SHA256 = {
@@ -86,7 +89,7 @@ def _gpt2_from_dir(tokenizer_dir: Path) -> tiktoken.Encoding:
         explicit_n_vocab=50257,
         pat_str=r50k_pat_str,
         mergeable_ranks=mergeable_ranks,
-        special_tokens={ENDOFTEXT: 50256},
+        special_tokens={ENDOFTEXT: EOT_TOKEN_ID},
     )
 
 

@@ -3,7 +3,7 @@
 The training loss is the mean cross-entropy over every non-ignored target token of the whole
 global batch: not a mean of per-rank or per-micro-batch means, which would weight a short
 micro-batch's tokens more than a long one's. Each rank therefore sums its tokens' losses, and the
-step divides by the global token count (known before the backward, see trainer/loop.py).
+step divides by the global token count (known before the backward, see trainer/training/loop.py).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ and pads only the rows' tails. Three things keep the math of the unpacked batch:
 Each example's logits, and so the summed token loss and its gradients, equal those of the same
 example unpacked (tests/trainer/test_speed.py). The token-mean loss counts non-ignored targets
 exactly as before. Packing applies within each rank's micro-batch: the global batch (which
-examples, trainer/batches.py) is unchanged and independent of the world size; a micro-batch just
+examples, trainer/training/batches.py) is unchanged and independent of the world size; a micro-batch just
 takes fewer, denser rows.
 
 The mask: SDPA with a dense boolean (rows, 1, T, T) mask on CPU, where FlexAttention has no
@@ -28,9 +28,9 @@ from typing import NamedTuple
 
 import torch
 
-from trainer.data import Example, collate
-from trainer.loss import IGNORE_INDEX
-from trainer.model import EOT_TOKEN_ID
+from trainer.training.data import Example, collate
+from trainer.training.loss import IGNORE_INDEX
+from trainer.gpt2.tokenizer import EOT_TOKEN_ID
 
 # FlexAttention works in blocks of 128 queries x 128 keys; rows padded to a multiple of it keep
 # the number of distinct shapes (and so of compilations) at max_length / 128.

@@ -1,6 +1,6 @@
 """The training loop: global batches in, optimizer steps, evaluation and events out.
 
-One optimizer step = one global batch. Each rank takes its slice (trainer/batches.py), cuts it into
+One optimizer step = one global batch. Each rank takes its slice (trainer/training/batches.py), cuts it into
 micro-batches, and the step's loss is the mean over every non-ignored target token of the global
 batch. DeepSpeed's `engine.backward` would divide by the accumulation steps and its gradient
 reduction averages over ranks, so each micro-batch's summed loss is scaled by
@@ -16,18 +16,23 @@ accumulation this holds the activations of a rank's micro-batches of one step at
 from __future__ import annotations
 
 import math
-import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
-from trainer import distributed
-from trainer.batches import epoch_batches, epoch_order, global_batches, micro_batches, rank_slice
-from trainer.config import BatchLayout, TrainConfig
-from trainer.loss import target_count, token_loss_sum
+from instruct import format_input
+from trainer.gpt2.generation import GenerationSettings, generate_responses
+from trainer.gpt2.tokenizer import EOT_TOKEN_ID
+from trainer.training import distributed
+from trainer.training.batches import epoch_batches, epoch_order, global_batches, micro_batches, rank_slice
+from trainer.training.config import BatchLayout, TrainConfig
+from trainer.training.engine import plain_model
+from trainer.training.faults import TestFaults
+from trainer.training.loss import target_count, token_loss_sum
 
-SAMPLE_NEW_TOKENS = 50  # the chapter's generate_and_print_sample
+# The chapter's generate_and_print_sample: a greedy answer of 50 tokens to the first validation entry.
+SAMPLE_SETTINGS = GenerationSettings(max_new_tokens=50, batch_size=1)
 
 
 @dataclass
@@ -46,40 +51,17 @@ class Progress:
 
 @dataclass
 class StepResult:
+    """What one global batch did: the numbers its `train` event (or its alert) reports."""
+
     loss: float
     tokens: int
     examples: int
     seconds: float
+    lr: float  # the rate this step's update used
+    grad_norm: float | None = None  # before clipping; None where DeepSpeed computed none
     seq_len: int = 0  # longest padded micro-batch of this rank (for MFU's attention term)
     skipped: bool = False
     bad_ranks: list[int] = field(default_factory=list)
-
-
-@dataclass
-class TestFaults:
-    """Faults injected by the fault-tolerance tests, through the environment only.
-
-    GPT2_INSTRUCT_TEST_NAN="rank:epoch:batch": that rank's loss on that global batch (index in
-    the epoch, from 0) is NaN. GPT2_INSTRUCT_TEST_STALL="rank:step:seconds": that rank sleeps
-    before step `step`, outside any collective (a hung rank).
-    """
-
-    nan_at: tuple[int, int, int] | None = None
-    stall: tuple[int, int, float] | None = None
-
-    @classmethod
-    def from_environment(cls) -> "TestFaults":
-        nan = os.environ.get("GPT2_INSTRUCT_TEST_NAN")
-        stall = os.environ.get("GPT2_INSTRUCT_TEST_STALL")
-        return cls(
-            nan_at=tuple(int(x) for x in nan.split(":")) if nan else None,
-            stall=(lambda r, s, t: (int(r), int(s), float(t)))(*stall.split(":")) if stall else None,
-        )
-
-    def maybe_stall(self, rank: int, step: int) -> None:
-        if self.stall and self.stall[:2] == (rank, step):
-            time.sleep(self.stall[2])
-            self.stall = None
 
 
 def plan_steps(num_train: int, config: TrainConfig) -> tuple[int, int]:
@@ -97,26 +79,33 @@ class TooManyBadSteps(RuntimeError):
     """--max-bad-steps global batches in a row had a non-finite loss."""
 
 
-class Trainer:
-    def __init__(self, *, engine, config: TrainConfig, layout: BatchLayout, dist_info, data, heartbeat, log):
+class TrainingLoop:
+    """Optimizer steps over the epochs' global batches, evaluations and samples; `run` is the loop.
+
+    `log` (trainer.reporting.runlog.RunLog) gets plain values to report; `stop` (an object with a
+    `requested` attribute, trainer.lifecycle.signals.StopSignals) is polled once per step.
+    """
+
+    def __init__(self, *, engine, config: TrainConfig, layout: BatchLayout, dist_info, data, heartbeat, log, stop,
+                 faults: TestFaults):
         self.engine = engine
         self.config = config
         self.layout = layout
         self.dist = dist_info
-        self.data = data  # trainer.pipeline.RunData: datasets, entries, tokenizer
+        self.data = data  # trainer.lifecycle.pipeline.RunData: datasets, entries, tokenizer
         self.heartbeat = heartbeat
-        self.log = log  # trainer.pipeline.RunLog: events (rank 0) and console
+        self.log = log
+        self.stop = stop
         self.progress = Progress()
-        self.resumed_from_step = 0
-        self.stop_signals = None  # trainer.signals.StopSignals, when installed
         self.stop_agreed = False  # every rank has seen a stop request (at the same step)
         self.steps_per_epoch, self.total_steps = plan_steps(len(data.train), config)
-        self.faults = TestFaults.from_environment()
+        self.faults = faults
+        self.full_val_loss: tuple[int, float] | None = None  # (step, loss) of the last full evaluation
 
     # ---- batches -------------------------------------------------------------------------
 
     def collate(self, dataset, indices: list[int]):
-        from trainer.data import collate
+        from trainer.training.data import collate
 
         examples = [dataset[i] for i in indices]
         return collate(
@@ -130,7 +119,7 @@ class Trainer:
         (--packing: fewer rows, same targets; the kwargs carry positions and the mask)."""
         if not self.config.packing:
             return (*self.collate(self.data.train, indices), {})
-        from trainer.packing import forward_kwargs, pack, row_multiple_for
+        from trainer.training.packing import forward_kwargs, pack, row_multiple_for
 
         device = self.dist.device
         packed = pack([self.data.train[i] for i in indices], self.config.max_length,
@@ -150,6 +139,7 @@ class Trainer:
         engine.train()
         hb.phase = "data"
         self.faults.maybe_stall(self.dist.rank, self.progress.step + 1)
+        lr = engine.get_lr()[0]  # the rate this step's update uses: the schedule steps with it
         mine = rank_slice(batch, self.dist.rank, self.dist.world_size)
         micros = [self.training_micro_batch(m) for m in micro_batches(mine, self.layout.micro_batch)]
         local_tokens = sum(target_count(t) for _, t, _ in micros)
@@ -165,12 +155,12 @@ class Trainer:
             local_sum = float("nan")
         bad = 0.0 if math.isfinite(local_sum) else 1.0
         # One all-reduce: global token count, global loss sum, whether any rank was asked to stop
-        # (trainer/signals.py), and which ranks saw a non-finite loss. It is the first
+        # (trainer/lifecycle/signals.py), and which ranks saw a non-finite loss. It is the first
         # collective of the step: a rank stuck before it shows as not in a collective phase.
         hb.phase = "backward"
         flags = [0.0] * self.dist.world_size
         flags[self.dist.rank] = bad
-        stop = 1.0 if self.stop_signals is not None and self.stop_signals.requested else 0.0
+        stop = 1.0 if self.stop.requested else 0.0
         totals = distributed.all_reduce_sum(
             [float(local_tokens), 0.0 if bad else local_sum, stop, *flags], self.dist.device
         )
@@ -179,7 +169,8 @@ class Trainer:
         bad_ranks = [r for r, f in enumerate(rank_flags) if f > 0]
         if bad_ranks:
             del loss_sums, micros
-            return StepResult(float("nan"), global_tokens, len(batch), time.perf_counter() - start, 0, True, bad_ranks)
+            return StepResult(float("nan"), global_tokens, len(batch), time.perf_counter() - start, lr,
+                              skipped=True, bad_ranks=bad_ranks)
 
         scale = self.dist.world_size / max(global_tokens, 1)
         for loss_sum in loss_sums:
@@ -191,20 +182,27 @@ class Trainer:
         if self.dist.device.type == "cuda":
             torch.cuda.synchronize(self.dist.device)  # the step's time includes its queued kernels
         seq_len = max(inputs.size(1) for inputs, _, _ in micros)
+        grad_norm = engine.get_global_grad_norm()
         return StepResult(
-            global_sum / max(global_tokens, 1), global_tokens, len(batch), time.perf_counter() - start, seq_len
+            global_sum / max(global_tokens, 1), global_tokens, len(batch), time.perf_counter() - start, lr,
+            grad_norm=float(grad_norm) if grad_norm is not None else None, seq_len=seq_len,
         )
 
     # ---- evaluation ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def loss_over(self, dataset, batches: list[list[int]]) -> float:
-        """Token-mean loss over the given global batches, sharded across ranks."""
+    def loss_over(self, dataset, batches: list[list[int]], stoppable: bool = False) -> float:
+        """Token-mean loss over the given global batches, sharded across ranks. `stoppable`: before
+        each global batch the ranks agree (one all-reduce) whether any was asked to stop, and then
+        raise StopRequested together."""
         engine = self.engine
         engine.eval()
         zero3 = engine.zero_optimization_stage() == 3
         local_sum, local_tokens = 0.0, 0
         for batch in batches:
+            if stoppable and distributed.all_reduce_sum([float(self.stop.requested is not None)], self.dist.device)[0]:
+                engine.train()
+                raise StopRequested()
             mine = rank_slice(batch, self.dist.rank, self.dist.world_size)
             chunks = micro_batches(mine, self.layout.micro_batch)
             # Under ZeRO-3 every forward gathers parameters collectively: all ranks run as many
@@ -214,7 +212,7 @@ class Trainer:
                 chunks += [[]] * (most - len(chunks))
             for chunk in chunks:
                 if not chunk:
-                    engine(self.to_device(torch.full((1, 1), 50256, dtype=torch.long)))
+                    engine(self.to_device(torch.full((1, 1), EOT_TOKEN_ID, dtype=torch.long)))
                     continue
                 inputs, targets = self.collate(dataset, chunk)
                 logits = engine(self.to_device(inputs))
@@ -224,19 +222,49 @@ class Trainer:
         engine.train()
         return total_sum / max(total_tokens, 1)
 
-    def evaluate(self, full: bool = False) -> tuple[float | None, float]:
+    def evaluate(self, full: bool = False, stoppable: bool = False) -> tuple[float | None, float]:
         """The chapter's evaluate_model over `eval_batches` batches, or the whole validation split."""
         self.heartbeat.phase = "eval"
         size = self.layout.global_batch
         val_batches = global_batches(list(range(len(self.data.val))), size, drop_last=False)
         if full:
-            return None, self.loss_over(self.data.val, val_batches)
+            val_loss = self.loss_over(self.data.val, val_batches, stoppable)
+            self.full_val_loss = (self.progress.step, val_loss)
+            return None, val_loss
         n = self.config.eval_batches
         order = epoch_order(len(self.data.train), self.config.seed, self.progress.epoch)
         train_loss = self.loss_over(self.data.train, global_batches(order, size)[:n])
         return train_loss, self.loss_over(self.data.val, val_batches[:n])
 
     # ---- the loop --------------------------------------------------------------------------
+
+    def final_evaluation(self) -> float:
+        """The whole validation split's loss with the final weights, logged as a full `eval`. A full
+        evaluation at this step already (an epoch end, or logged by an earlier attempt) is reused.
+        A stop on any rank meanwhile raises StopRequested on every rank."""
+        if self.full_val_loss is not None and self.full_val_loss[0] == self.progress.step:
+            return self.full_val_loss[1]
+        self.heartbeat.phase = "eval"
+        self.faults.maybe_hold(self.dist.rank, "final_eval", lambda: self.stop.requested is not None)
+        _, val_loss = self.evaluate(full=True, stoppable=True)
+        self.log.eval(self.progress.step, None, val_loss, full=True)
+        self.heartbeat.phase = "idle"
+        return val_loss
+
+    def sample(self) -> tuple[str, str | None]:
+        """The chapter's generate_and_print_sample: the first validation entry's prompt and, on
+        rank 0, its greedy response. Collective under ZeRO-3 (the weights are gathered): every
+        rank calls it, and they meet once rank 0 has generated."""
+        self.heartbeat.phase = "generate"
+        model = plain_model(self.engine)
+        entry = self.data.val_entries[0]
+        response = None
+        if self.dist.is_main:
+            [response] = generate_responses(model, self.data.tokenizer, [entry],
+                                            replace(SAMPLE_SETTINGS, compile=self.config.compile))
+        distributed.barrier()
+        self.heartbeat.phase = "idle"
+        return format_input(entry), response
 
     def should_eval(self, step: int) -> bool:
         # As the chapter: after the first step, then every eval_every steps.
@@ -252,32 +280,43 @@ class Trainer:
                 result = self.train_step(batches[progress.batch_in_epoch])
                 progress.batch_in_epoch += 1
                 if result.skipped:
-                    progress.bad_steps_in_row += 1
-                    self.log.bad_step(self, result)
-                    if progress.bad_steps_in_row >= config.max_bad_steps:
-                        raise TooManyBadSteps(
-                            f"{progress.bad_steps_in_row} global batches in a row had a non-finite loss "
-                            f"(--max-bad-steps {config.max_bad_steps})"
-                        )
+                    self.skip(result)
                 else:
-                    progress.bad_steps_in_row = 0
-                    progress.step += 1
-                    progress.tokens_total += result.tokens
-                    self.heartbeat.step = progress.step
-                    self.log.train_step(self, result)
-                    if self.should_eval(progress.step):
-                        train_loss, val_loss = self.evaluate()
-                        self.log.eval(self, train_loss, val_loss, full=False)
-                        self.log.sample(self)
+                    self.record(result)
                 if on_step_end:
                     on_step_end(result)
                 if self.stop_agreed:
                     raise StopRequested()
             if progress.batch_in_epoch >= len(batches):
                 _, val_loss = self.evaluate(full=True)
-                self.log.eval(self, None, val_loss, full=True)
+                self.log.eval(progress.step, None, val_loss, full=True)
                 progress.epoch += 1
                 progress.batch_in_epoch = 0
                 if on_epoch_end:
                     on_epoch_end()
         self.heartbeat.phase = "idle"
+
+    def skip(self, result: StepResult) -> None:
+        """A global batch with a non-finite loss: no step; too many in a row end the run."""
+        progress = self.progress
+        progress.bad_steps_in_row += 1
+        self.log.bad_step(progress.step, result.bad_ranks)
+        if progress.bad_steps_in_row >= self.config.max_bad_steps:
+            raise TooManyBadSteps(
+                f"{progress.bad_steps_in_row} global batches in a row had a non-finite loss "
+                f"(--max-bad-steps {self.config.max_bad_steps})"
+            )
+
+    def record(self, result: StepResult) -> None:
+        """A finished optimizer step: count it, report it, and evaluate when it is time."""
+        progress = self.progress
+        progress.bad_steps_in_row = 0
+        progress.step += 1
+        progress.tokens_total += result.tokens
+        self.heartbeat.step = progress.step
+        self.log.train_step(progress.step, progress.epoch, progress.tokens_total, result)
+        if self.should_eval(progress.step):
+            train_loss, val_loss = self.evaluate()
+            self.log.eval(progress.step, train_loss, val_loss, full=False)
+            prompt, response = self.sample()
+            self.log.sample(progress.step, prompt, response)

@@ -1,0 +1,150 @@
+"""A run's lifecycle with the real launcher, 2 CPU ranks, the tiny preset: a stop in each final
+phase is written within 30 s and resumed without a training step, a failure before the engine
+exists still gets its run_end, and rank 0's solo work does not trip --dist-timeout.
+
+GPT2_INSTRUCT_TEST_HOLD=rank:phase:seconds keeps a rank in a phase, as slow work there would.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.trainer.launcher import TINY, events, kill_group, of_type, rank_processes, start, train, wait, wait_for
+from trainer.reporting.metrics import read_events
+
+pytestmark = pytest.mark.slow
+
+RUN = [*TINY, "--max-steps", "2", "--eval-every", "0", "--max-new-tokens", "4"]
+
+
+def heartbeat(out: Path, rank: int) -> dict:
+    """The rank's last complete heartbeat, polled while it writes."""
+    beats = read_events(out / "ranks" / f"rank-{rank}.jsonl")
+    return beats[-1] if beats else {}
+
+
+def written(out: Path) -> list[dict]:
+    """metrics.jsonl so far, polled while rank 0 writes."""
+    return read_events(out / "metrics.jsonl")
+
+
+def attempts(out: Path) -> list[list[dict]]:
+    """metrics.jsonl cut at each run_start: the events of each attempt."""
+    cut: list[list[dict]] = []
+    for event in events(out):
+        if event["type"] == "run_start":
+            cut.append([])
+        cut[-1].append(event)
+    return cut
+
+
+def stop_in(out: Path, proc, rank0_phase: str) -> dict:
+    """Wait until rank 0 is held in `rank0_phase` after the last step, SIGTERM the whole job (as
+    Ctrl-C or scancel), and return the run_end, checking it came within 30 s."""
+    wait_for(lambda: of_type(written(out), "checkpoint") and heartbeat(out, 0).get("phase") == rank0_phase,
+             240, f"rank 0 in {rank0_phase}")
+    signalled = time.monotonic()
+    kill_group(proc, signal.SIGTERM)
+    wait_for(lambda: written(out)[-1]["type"] == "run_end", 30, "run_end")
+    assert time.monotonic() - signalled < 30
+    code, log = wait(proc, timeout=60)
+    assert code != 0
+    end = events(out)[-1]
+    assert end["status"] == "interrupted" and end["final_val_loss"] is None, end
+    return end
+
+
+def assert_resumed_without_training(out: Path) -> list[dict]:
+    """The last attempt took no step and completed the run; its events."""
+    last = attempts(out)[-1]
+    assert last[0]["resumed_from_step"] == 2 and not of_type(last, "train")
+    assert last[-1]["type"] == "run_end" and last[-1]["status"] == "completed", last[-1]
+    for name in ("instruction-data-with-response.json", "tiny-sft.pth", "hf/model.safetensors", "loss.png"):
+        assert (out / name).is_file(), name
+    assert len(orjson.loads((out / "instruction-data-with-response.json").read_bytes())) == 110
+    return last
+
+
+def test_stop_in_the_final_evaluation_then_a_failing_and_a_good_resume(tmp_path, no_leftovers, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:final_eval:120")
+    stop_in(out, start([*RUN, "--out", str(out)]), "eval")
+    monkeypatch.delenv("GPT2_INSTRUCT_TEST_HOLD")
+
+    # A resume that fails after run_start, before the engine runs a step (a damaged checkpoint):
+    # its run_start still gets exactly one run_end, `failed`, with the error in one line.
+    states = out / "checkpoints" / "global_step2" / "mp_rank_00_model_states.pt"
+    shutil.copy(states, tmp_path / "states.pt")
+    states.write_bytes(b"not a checkpoint")
+    code, log = train([*RUN, "--out", str(out), "--resume"])
+    assert code != 0
+    failed = attempts(out)[-1]
+    assert [e["type"] for e in failed].count("run_end") == 1 and failed[-1]["type"] == "run_end"
+    assert failed[-1]["status"] == "failed" and failed[-1]["final_val_loss"] is None
+    assert "\n" not in failed[-1]["error"] and failed[-1]["error"], failed[-1]
+
+    shutil.copy(tmp_path / "states.pt", states)
+    code, log = train([*RUN, "--out", str(out), "--resume"])
+    assert code == 0, log[-3000:]
+    last = assert_resumed_without_training(out)
+    assert [e["full"] for e in of_type(last, "eval")] == [True]  # the final evaluation, done now
+
+
+def test_stop_in_the_generation_keeps_every_response_on_another_number_of_ranks(tmp_path, no_leftovers):
+    """Stopped mid-way through the test responses: the journalled ones are kept, and a resume on 1
+    rank generates only the rest."""
+    out = tmp_path / "run"
+    slow = [*RUN[:-2], "--max-new-tokens", "256", "--generate-batch", "2"]
+    proc = start([*slow, "--out", str(out)])
+    wait_for(lambda: len(of_type(written(out), "generate")) >= 2, 240, "two batches of responses")
+    kill_group(proc, signal.SIGTERM)
+    wait_for(lambda: written(out)[-1]["type"] == "run_end", 30, "run_end")
+    assert wait(proc, timeout=60)[0] != 0
+    assert events(out)[-1]["status"] == "interrupted"
+    journalled = {}
+    for path in (out / "responses").glob("model_response.rank-*.jsonl"):
+        for line in path.read_bytes().splitlines()[1:]:
+            record = orjson.loads(line)
+            journalled[record["index"]] = record["response"]
+    assert 2 <= len(journalled) < 110
+
+    code, log = train([*slow, "--out", str(out), "--resume"], ranks=1)
+    assert code == 0, log[-3000:]
+    last = assert_resumed_without_training(out)
+    assert of_type(last, "generate")[0]["done"] > len(journalled)  # counted from what was kept
+    answers = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
+    assert all(answers[i]["model_response"] == response for i, response in journalled.items())
+    assert sorted(p.name for p in (out / "responses").iterdir()) == ["model_response.done.json"]
+
+
+def test_stop_in_the_export_then_resume(tmp_path, no_leftovers, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:export:120")
+    proc = start([*RUN, "--out", str(out)])
+    wait_for(lambda: heartbeat(out, 0).get("phase") == "export", 240, "rank 0 exporting")
+    wait_for(lambda: heartbeat(out, 1).get("phase") == "wait_export", 10, "rank 1 waiting for it")
+    stop_in(out, proc, "export")
+    monkeypatch.delenv("GPT2_INSTRUCT_TEST_HOLD")
+    assert not (out / "tiny-sft.pth").exists()
+    responses = (out / "instruction-data-with-response.json").read_bytes()
+
+    code, log = train([*RUN, "--out", str(out), "--resume"])
+    assert code == 0, log[-3000:]
+    last = assert_resumed_without_training(out)
+    assert not of_type(last, "eval") and not of_type(last, "generate")  # only the export was missing
+    assert (out / "instruction-data-with-response.json").read_bytes() == responses
+
+
+def test_rank_0_exporting_alone_does_not_trip_the_collective_timeout(tmp_path, no_leftovers, monkeypatch):
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:export:15")
+    code, log = train([*RUN, "--dist-timeout", "5", "--out", str(out)])
+    assert code == 0, log[-3000:]
+    assert events(out)[-1]["status"] == "completed"
+    assert not rank_processes(out)

@@ -1,0 +1,65 @@
+"""A checkpoint of a run as a plain model: DeepSpeed's shards merged on the CPU, in one process.
+
+ZeRO 1-3 shards (written by any number of ranks) are merged by DeepSpeed's zero_to_fp32 (the fp32
+master weights); a ZeRO-0 checkpoint holds the whole module in its model-states file. GPT-2 ties
+its output head to the token embedding, and the merge may return the shared tensor under one name
+only: the model is rebuilt from the run's config and tied again, and a head that differs from the
+embedding is kept untied rather than dropped.
+
+DeepSpeed's checkpoint files are pickles that it loads with weights_only=False: consolidate only
+run directories this tool wrote.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import torch
+
+from trainer.gpt2.model import GPT, preset
+from trainer.lifecycle import checkpoint
+
+
+def consolidated_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor]:
+    files = list((directory / tag).glob("*optim_states.pt"))
+    if files:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+    # ZeRO-0: the whole module is in the model-states file.
+    states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+    return {k: v.float() for k, v in states["module"].items()}
+
+
+def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, str, str]:
+    """(model, model preset name, tag) for the checkpoint at `step` (default: the latest)."""
+    run_dir = Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no config.json)")
+    recorded = orjson.loads(config_file.read_bytes())
+    directory = checkpoint.checkpoint_dir(run_dir)
+    complete = checkpoint.complete_tags(directory) if directory.is_dir() else []
+    if not complete:
+        raise ValueError(f"{run_dir}: holds no complete checkpoint")
+    if step is None:
+        tag = complete[-1]
+    else:
+        tag = f"global_step{step}"
+        if tag not in complete:
+            steps = ", ".join(t.removeprefix("global_step") for t in complete)
+            raise ValueError(f"{run_dir}: no complete checkpoint at step {step} (there are: {steps})")
+    state = consolidated_state_dict(directory, tag)
+    name = recorded["config"]["model"]
+    tied = "lm_head.weight" not in state or torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
+    model = GPT(preset(name, tie_embeddings=tied))
+    if tied:
+        state = {k: v for k, v in state.items() if k != "lm_head.weight"}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if k != "lm_head.weight"]  # the tied head
+    else:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{directory / tag}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval(), name, tag

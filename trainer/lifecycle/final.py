@@ -1,0 +1,155 @@
+"""The final phases of a run: what a finished training leaves behind. Each resumes what is missing.
+
+1. final evaluation (every rank): the loss of the whole validation split with the final weights;
+2. test responses (every rank): instruction-data-with-response.json, the test entries plus
+   `model_response` as the chapter. Ranks take batches of length-sorted prompts from a shared
+   counter, so one that finishes early takes more, and journal each batch as it finishes
+   (responses/model_response.rank-<R>.jsonl, keyed by test-entry index); rank 0 merges the
+   journals in file order. A resume, on any number of ranks, generates only what no journal holds;
+3. export (rank 0 alone, the others waiting outside any collective): the fine-tuned model as the
+   chapter names it (e.g. gpt2-medium355M-sft.pth, chapter key names), as Hugging Face files
+   (hf/model.safetensors + hf/config.json), and loss.png.
+
+A stop on any rank interrupts every phase within one batch (trainer/lifecycle/coordination.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import orjson
+import torch
+
+from instruct import atomic_write_json, format_input
+from trainer.gpt2.generation import GenerationSettings, generate_responses, length_sorted_batches
+from trainer.gpt2.journal import JournalMismatch, ResponseJournal
+from trainer.gpt2.tokenizer import ENDOFTEXT
+from trainer.gpt2.weights import chapter_filename, export_chapter_pth, export_hf
+from trainer.reporting.events import Generate
+from trainer.reporting.lossplot import plot_losses
+from trainer.training.config import TrainConfig
+from trainer.training.engine import plain_model
+
+RESPONSES_FILE = "instruction-data-with-response.json"
+RESPONSES_DIR = "responses"
+KEY = "model_response"
+
+
+def generation_settings(config: TrainConfig) -> GenerationSettings:
+    """How the run answers its test prompts: greedy, as the chapter, with the run's flags."""
+    return GenerationSettings(max_new_tokens=config.max_new_tokens, batch_size=config.generate_batch,
+                              compile=config.compile)
+
+
+def finish(loop, run_dir: Path, coordinator) -> float:
+    """Every final phase, in order; the final validation loss."""
+    final_val_loss = loop.final_evaluation()
+    model = plain_model(loop.engine)  # collective under ZeRO-3
+    answer_test_split(loop, run_dir, model, coordinator)
+    coordinator.run_alone("export", export_outputs, loop, run_dir, model, coordinator)
+    return final_val_loss
+
+
+# ---- test responses -----------------------------------------------------------------------------
+
+
+class Responses:
+    """One field of responses to the test split: its per-rank journals and, once merged, a marker."""
+
+    def __init__(self, run_dir: Path, key: str, identity: dict, total: int):
+        self.folder = run_dir / RESPONSES_DIR
+        self.key = key
+        self.identity = identity  # what the responses depend on: step, settings
+        self.total = total
+        self.done_marker = self.folder / f"{key}.done.json"
+
+    def journal(self, rank: int) -> ResponseJournal:
+        return ResponseJournal(self.folder / f"{self.key}.rank-{rank}.jsonl", self.identity)
+
+    def merged(self) -> bool:
+        try:
+            return orjson.loads(self.done_marker.read_bytes()) == self.identity
+        except (OSError, orjson.JSONDecodeError):
+            return False
+
+    def finished(self) -> dict[int, str]:
+        """Every journalled response of this identity, whichever rank and attempt wrote it; the
+        journals of another step or other settings are deleted, never mixed in."""
+        found: dict[int, str] = {}
+        for path in sorted(self.folder.glob(f"{self.key}.rank-*.jsonl")):
+            journal = ResponseJournal(path, self.identity)
+            try:
+                found.update(journal.read(self.total))
+            except JournalMismatch:
+                path.unlink()
+        return found
+
+    def pending(self) -> list[int] | None:
+        """The test entries no journal holds (rank 0 decides for all); None when merged already."""
+        if self.merged():
+            return None
+        finished = self.finished()
+        return [i for i in range(self.total) if i not in finished]
+
+
+def answer_test_split(loop, run_dir: Path, model, coordinator) -> None:
+    entries = loop.data.test_entries
+    settings = generation_settings(loop.config)
+    responses = Responses(run_dir, KEY, {"step": loop.progress.step, "settings": asdict(settings)}, len(entries))
+    pending = coordinator.run_alone(None, responses.pending)
+    if pending is None:
+        return  # written by an earlier attempt
+    loop.heartbeat.phase = "generate"
+    loop.faults.maybe_hold(loop.dist.rank, "generate", coordinator.stop_requested)
+    generate_share(loop, model, entries, pending, settings, responses, coordinator)
+    coordinator.wait_for_all(f"{KEY}/generated", "generate")
+    coordinator.run_alone(None, write_responses_file, run_dir, entries, responses)
+    loop.log.event(Generate(done=len(entries), total=len(entries)))
+    loop.heartbeat.phase = "idle"
+
+
+def generate_share(loop, model, entries: list[dict], pending: list[int], settings: GenerationSettings,
+                   responses: Responses, coordinator) -> None:
+    """Batches of pending prompts of similar lengths, each to the rank that asks for it first."""
+    tokenizer = loop.data.tokenizer
+    prompts = [tokenizer.encode(format_input(entries[i]), allowed_special={ENDOFTEXT}) for i in pending]
+    batches = [[pending[p] for p in batch] for batch in length_sorted_batches(prompts, settings.batch_size)]
+    already = len(entries) - len(pending)
+    model.eval()
+    with responses.journal(loop.dist.rank) as journal:
+        while (index := coordinator.take(f"{KEY}/batch")) < len(batches):
+            coordinator.check_stop()
+            batch = batches[index]
+            answers = generate_responses(model, tokenizer, [entries[i] for i in batch],
+                                         replace(settings, batch_size=len(batch)))
+            journal.append(batch, answers)
+            done = already + coordinator.add(f"{KEY}/done", len(batch))
+            loop.log.event(Generate(done=done, total=len(entries)))
+
+
+def write_responses_file(run_dir: Path, entries: list[dict], responses: Responses) -> None:
+    """Rank 0, once every rank has journalled its share: the chapter's file, then the marker."""
+    finished = responses.finished()
+    missing = [i for i in range(len(entries)) if i not in finished]
+    if missing:
+        raise RuntimeError(f"{len(missing)} test responses are in no journal (first: entry {missing[0]})")
+    atomic_write_json(run_dir / RESPONSES_FILE, [{**entry, KEY: finished[i]} for i, entry in enumerate(entries)])
+    atomic_write_json(responses.done_marker, responses.identity)
+    for path in responses.folder.glob(f"{responses.key}.rank-*.jsonl"):
+        path.unlink()
+
+
+# ---- export ---------------------------------------------------------------------------------------
+
+
+def export_outputs(loop, run_dir: Path, model, coordinator) -> None:
+    """Rank 0: the model files in fp32, and loss.png; a stop ends it between files."""
+    loop.faults.maybe_hold(loop.dist.rank, "export", coordinator.stop_requested)
+    coordinator.check_stop()
+    exportable = model.float() if model is not loop.engine.module else plain_model(loop.engine, torch.float32)
+    export_chapter_pth(exportable, run_dir / chapter_filename(loop.config.model))
+    coordinator.check_stop()
+    export_hf(exportable, run_dir / "hf")
+    coordinator.check_stop()
+    plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")

@@ -1,0 +1,390 @@
+"""The whole run, from flags to outputs, as a sequence of phases: what `deepspeed launch/train.py` calls.
+
+    plan      check the flags, read the tokenizer, the data and the weights (nothing written yet)
+    place     choose the run directory (or the run to resume)
+    record    write config.json and ds_config.json (rank 0)
+    begin     metrics.jsonl with run_start: from here on RunLifecycle guarantees a run_end
+    convert   a resume on another number of ranks: rank 0 converts the checkpoint, the others wait
+    engine    the DeepSpeed engine, and the checkpoint a resume continues from
+    train     the training loop, with checkpoints at epoch ends, every --save-every, on a stop and
+              at the end
+    finish    the final evaluation, the test responses, the model files and loss.png (a resume of
+              a run stopped here takes no training step and does only what is missing)
+
+Order matters for the promise "bad input: one line, non-zero exit, nothing half-written": the
+config, tokenizer, data and weights are all checked before the run directory is created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from instruct import atomic_write_json
+from trainer.gpt2.fetch import sha256_file
+from trainer.gpt2.precision import resolve_precision
+from trainer.lifecycle import checkpoint, resume, signals
+from trainer.lifecycle.coordination import Coordinator
+from trainer.lifecycle.final import finish
+from trainer.lifecycle.run import EXIT_FAILED, RunLifecycle
+from trainer.lifecycle.rundir import default_run_dir, git_commit, versions, write_config
+from trainer.reporting.events import Checkpoint, RunStart
+from trainer.reporting.runlog import RunLog, Throughput
+from trainer.training import distributed
+from trainer.training.config import BatchLayout, TrainConfig, batch_layout, validate
+from trainer.training.engine import build_ds_config, build_engine, read_ds_config
+from trainer.training.faults import TestFaults
+from trainer.training.loop import Progress, StopRequested, TrainingLoop, plan_steps
+
+EXIT_USAGE = 2
+
+
+@dataclass
+class RunData:
+    tokenizer: object
+    train: object  # trainer.training.data.InstructionDataset
+    val: object
+    train_entries: list[dict]
+    val_entries: list[dict]
+    test_entries: list[dict]
+    path: Path
+    truncated: tuple[int, int]  # (examples cut by --max-length, of which the final <|endoftext|> is lost)
+
+
+@dataclass
+class RunPlan:
+    """Everything the run needs that is known before anything is written."""
+
+    layout: BatchLayout
+    precision: str
+    ds_config: dict
+    overridden: list[str]  # keys of the user's DeepSpeed config that the flags override
+    data: RunData
+    model: torch.nn.Module
+    weights_info: object  # trainer.gpt2.weights.WeightsInfo
+
+
+@dataclass
+class RunPlace:
+    """Where the run lives, and where a resumed one continues from."""
+
+    run_dir: Path
+    point: resume.ResumePoint | None  # None: a fresh start
+    tag: str | None  # the checkpoint to load (converted to the universal format when the world size changed)
+
+
+# ---- entry point ---------------------------------------------------------------------------
+
+
+def main(config: TrainConfig) -> int:
+    try:
+        validate(config)
+    except ValueError as e:  # every rank finds the same: the launcher shows each rank's line
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    dist_info = distributed.init(config.dist_timeout)
+    code = EXIT_FAILED
+    try:
+        code = run(config, dist_info)
+        return code
+    except ValueError as e:  # bad flags or input: identical on every rank, said once
+        if dist_info.is_main:
+            print(f"error: {e}", file=sys.stderr)
+        code = EXIT_USAGE
+        return code
+    finally:
+        # After a clean run every rank is alive: meet before tearing down, so that no rank closes
+        # its connections while a peer still has collectives in flight (ZeRO-3 ranks have aborted
+        # at exit with "terminate called without an active exception"). After a failure a peer
+        # may be dead, and a barrier would wait for --dist-timeout.
+        distributed.shutdown(barrier=code in (0, EXIT_USAGE, signals.EXIT_INTERRUPTED))
+
+
+def run(config: TrainConfig, dist_info) -> int:
+    faults = TestFaults.from_environment()
+    plan = plan_run(config, dist_info)
+    if config.dry_run:
+        if dist_info.is_main:
+            from trainer.lifecycle.dryrun import dry_run_model, report
+
+            report(config, plan.layout, dry_run_model(config), plan.data, plan.precision,
+                   plan.ds_config["zero_optimization"]["stage"])
+        return 0
+    place = place_run(config, dist_info, plan)
+    if dist_info.is_main:
+        record_run(config, dist_info, plan, place)
+    with RunLifecycle(place.run_dir, dist_info, config, throughput(plan, dist_info)) as life:
+        log = life.begin(run_start(config, dist_info, plan, place))
+        life.progress.step = run_start_step(place)
+        warn_about_inputs(log, config, plan, life.progress.step)
+        convert_checkpoint(config, dist_info, plan, place, life, faults)
+        loop = start_engine(config, dist_info, plan, place, life, faults)
+        layout = plan.layout
+        log.print(f"run {place.run_dir}  model {config.model}  world {dist_info.world_size}  "
+                  f"ZeRO-{loop.engine.zero_optimization_stage()}  {plan.precision}  global batch {layout.global_batch} "
+                  f"= {layout.micro_batch} x {layout.grad_accum} x {dist_info.world_size}  {loop.total_steps} steps")
+        train(loop, place.run_dir, life)
+        life.final_val_loss = finish(loop, place.run_dir, life.coordinator)
+        log.print(f"done: final val loss {life.final_val_loss:.4f}; outputs in {place.run_dir}")
+    return life.exit_code
+
+
+# ---- plan: nothing written yet ---------------------------------------------------------------
+
+
+def plan_run(config: TrainConfig, dist_info) -> RunPlan:
+    from trainer.gpt2.weights import load_model
+
+    layout = batch_layout(config.global_batch, config.micro_batch, dist_info.world_size)
+    precision = resolve_precision(config.precision, dist_info.device)
+    ds_config, overridden = build_ds_config(read_ds_config(config.ds_config), config, layout, precision)
+    with offline_hint():
+        data = prepare_data(config)
+    model = weights_info = None
+    if not config.dry_run:
+        torch.manual_seed(config.seed)  # identical initial weights on every rank
+        with offline_hint():
+            model, weights_info = load_model(config.model, config.weights, dropout=config.dropout)
+    return RunPlan(layout, precision, ds_config, overridden, data, model, weights_info)
+
+
+def prepare_data(config: TrainConfig) -> RunData:
+    from trainer.gpt2.tokenizer import get_tokenizer
+    from trainer.training.data import InstructionDataset, count_truncated, load_instruction_data, split_entries
+
+    tokenizer = get_tokenizer(config.tokenizer_dir)
+    entries, path = load_instruction_data(config.data)
+    train, test, val = split_entries(entries, config.split, seed=config.seed if config.shuffle_split else None)
+    if len(train) < config.global_batch:
+        raise ValueError(
+            f"{path}: the training split has {len(train)} examples, fewer than --global-batch {config.global_batch}"
+        )
+    if not val:
+        raise ValueError(f"{path}: the validation split is empty: lower the fractions of --split")
+    train_ds = InstructionDataset(train, tokenizer)
+    return RunData(
+        tokenizer=tokenizer,
+        train=train_ds,
+        val=InstructionDataset(val, tokenizer),
+        train_entries=train,
+        val_entries=val,
+        test_entries=test,
+        path=Path(path),
+        truncated=count_truncated(train_ds, config.max_length),
+    )
+
+
+@contextlib.contextmanager
+def offline_hint():
+    """A failed download names every flag that replaces one: offline, all three are needed."""
+    from trainer.gpt2.fetch import DownloadError
+    from trainer.gpt2.tokenizer import TokenizerError
+
+    try:
+        yield
+    except (DownloadError, TokenizerError) as e:
+        raise ValueError(
+            f"{e} [offline: the run fetches the tokenizer, the data and the weights; give local copies "
+            "with --tokenizer-dir DIR --data PATH --weights PATH]"
+        ) from None
+
+
+# ---- place: the run directory ----------------------------------------------------------------
+
+
+def place_run(config: TrainConfig, dist_info, plan: RunPlan) -> RunPlace:
+    """Rank 0 decides where the run lives, or which run to resume; every rank learns it before any
+    file is written."""
+    decide = Coordinator(dist_info, signals.StopSignals(), namespace="place")
+    if not config.resume:
+        return RunPlace(decide.run_alone(None, new_run_dir, config), None, None)
+    point = decide.run_alone(None, resume.find, config.out, config.model, plan.data.path, config.global_batch)
+    return RunPlace(point.run_dir, point, point.tag)
+
+
+def convert_checkpoint(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace, life: RunLifecycle,
+                       faults: TestFaults) -> None:
+    """A resume on another number of ranks: DeepSpeed loads only its universal format then. Rank 0
+    converts; the others wait outside any collective (trainer/lifecycle/coordination.py)."""
+    point = place.point
+    if not (point and point.tag and point.progress["world_size"] != dist_info.world_size):
+        return
+
+    def convert() -> str:
+        faults.maybe_hold(dist_info.rank, "convert", life.coordinator.stop_requested)
+        return checkpoint.to_universal(checkpoint.checkpoint_dir(place.run_dir), point.tag, point.zero_stage)
+
+    place.tag = life.coordinator.run_alone("convert", convert)
+    plan.ds_config["checkpoint"] = {**plan.ds_config.get("checkpoint", {}), "load_universal": True}
+
+
+def new_run_dir(config: TrainConfig) -> Path:
+    chosen = Path(config.out) if config.out else default_run_dir(config.model)
+    if (chosen / "metrics.jsonl").exists():
+        raise ValueError(f"{chosen}: already holds a run: pass --resume to continue it, or another --out")
+    return chosen
+
+
+# ---- record: config.json (rank 0) -------------------------------------------------------------
+
+
+def record_run(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace) -> None:
+    """The run directory with config.json and ds_config.json. A resumed run keeps the provenance
+    of its first attempt."""
+    place.run_dir.mkdir(parents=True, exist_ok=True)
+    if place.point is not None:
+        return
+    layout = plan.layout
+    write_config(place.run_dir, {
+        "v": 1,
+        "config": config.to_dict(),
+        "ds_config": plan.ds_config,
+        "precision": plan.precision,
+        "layout": {"global_batch": layout.global_batch, "micro_batch": layout.micro_batch,
+                   "grad_accum": layout.grad_accum, "world_size": layout.world_size},
+        "world_size": dist_info.world_size,
+        "hosts": dist_info.hosts,
+        "versions": versions(),
+        "provenance": provenance(config, plan),
+        "created": time.time(),
+    })
+    atomic_write_json(place.run_dir / "ds_config.json", plan.ds_config)
+
+
+def provenance(config: TrainConfig, plan: RunPlan) -> dict:
+    from trainer.gpt2.tokenizer import tokenizer_files_sha256
+
+    tokenizer_dir = config.tokenizer_dir or os.environ.get("GPT2_TOKENIZER_DIR")
+    info, path = plan.weights_info, plan.data.path
+    return {
+        "data": {"source": config.data, "path": str(path), "sha256": sha256_file(path)},
+        "tokenizer": tokenizer_files_sha256(tokenizer_dir) if tokenizer_dir else {"tiktoken": "gpt2"},
+        "weights": {"source": info.source, "format": info.format, "sha256": info.sha256},
+        "git_commit": git_commit(),
+    }
+
+
+# ---- begin: run_start and the warnings ---------------------------------------------------------
+
+
+def throughput(plan: RunPlan, dist_info) -> Throughput:
+    model = plan.model
+    device = dist_info.device
+    return Throughput(
+        non_embedding_params=model.num_parameters(exclude_position_embeddings=True),
+        n_layers=model.config.n_layers,
+        emb_dim=model.config.emb_dim,
+        world_size=dist_info.world_size,
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        precision=plan.precision,
+    )
+
+
+def run_start(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace) -> RunStart:
+    """This attempt's run_start, known before the engine exists (ZeRO-3 would partition the
+    parameters it counts)."""
+    steps_per_epoch, total_steps = plan_steps(len(plan.data.train), config)
+    point, layout = place.point, plan.layout
+    return RunStart(
+        run_id=place.run_dir.name,
+        model=config.model,
+        params=plan.model.num_parameters(),
+        world_size=dist_info.world_size,
+        hosts=dist_info.hosts,
+        zero_stage=plan.ds_config["zero_optimization"]["stage"],
+        precision=plan.precision,
+        micro_batch=layout.micro_batch,
+        global_batch=layout.global_batch,
+        grad_accum=layout.grad_accum,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        epochs=config.epochs,
+        attempt=point.attempt if point else 1,
+        resumed_from_step=run_start_step(place),
+    )
+
+
+def run_start_step(place: RunPlace) -> int:
+    """The step this attempt starts from: its checkpoint's, or 0."""
+    point = place.point
+    return point.progress["step"] if point and point.tag else 0
+
+
+def warn_about_inputs(log: RunLog, config: TrainConfig, plan: RunPlan, step: int) -> None:
+    for key in plan.overridden:
+        log.warning(step, f"{config.ds_config} sets '{key}': the run's flags win")
+    longer, eot_cut = plan.data.truncated
+    if longer:
+        log.warning(step, f"{longer} training examples exceed --max-length {config.max_length} and are truncated "
+                          f"({eot_cut} of them lose their final <|endoftext|>)")
+
+
+# ---- engine: build it, resume into it ----------------------------------------------------------
+
+
+def start_engine(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace, life: RunLifecycle,
+                 faults: TestFaults) -> TrainingLoop:
+    model = plan.model
+    model.to(dist_info.device)
+    model.activation_checkpointing = config.activation_checkpointing
+    if config.compile:
+        model.compile(dynamic=True)  # in place: parameter names (checkpoints, exports) unchanged
+    _, total_steps = plan_steps(len(plan.data.train), config)
+    engine = build_engine(model, plan.ds_config, config, total_steps)
+    loop = TrainingLoop(engine=engine, config=config, layout=plan.layout, dist_info=dist_info, data=plan.data,
+                        heartbeat=life.heartbeat, log=life.log, stop=life.stop, faults=faults)
+    loop.progress = life.progress
+    torch.manual_seed(config.seed + dist_info.rank)  # dropout differs per rank, reproducibly
+    if place.tag:
+        seconds = time.perf_counter()
+        point = place.point
+        checkpoint.load(engine, checkpoint.checkpoint_dir(place.run_dir), place.tag, dist_info.rank,
+                        same_world=point.progress["world_size"] == dist_info.world_size)
+        for name in Progress.__dataclass_fields__:
+            setattr(loop.progress, name, point.progress[name])
+        loop.full_val_loss = point.full_val_loss
+        life.heartbeat.step = loop.progress.step
+        life.log.print(f"resumed from {place.tag} (step {loop.progress.step}) in {time.perf_counter() - seconds:.1f}s")
+    return loop
+
+
+# ---- train: the loop and its checkpoints --------------------------------------------------------
+
+
+def train(loop: TrainingLoop, run_dir: Path, life: RunLifecycle) -> None:
+    """Train to the end and save the last step (the final phases resume from it); on a stop the
+    ranks agreed on, save a checkpoint and stop (re-raised)."""
+    config, dist_info, log = loop.config, loop.dist, life.log
+    saved_at = {"step": loop.progress.step if loop.progress.step else None}
+
+    def save_checkpoint() -> None:
+        if saved_at["step"] == loop.progress.step:
+            return  # this step is already saved (a periodic save, then a signal)
+        saved_at["step"] = loop.progress.step
+        life.heartbeat.phase = "checkpoint"
+        seconds = time.perf_counter()
+        tag = checkpoint.save(loop.engine, run_dir, loop.progress.to_dict(), dist_info.rank,
+                              dist_info.world_size, config.keep_checkpoints)
+        log.event(Checkpoint(step=loop.progress.step, path=f"checkpoints/{tag}", seconds=time.perf_counter() - seconds))
+        life.heartbeat.phase = "idle"
+
+    def on_step_end(result) -> None:
+        if config.save_every and not result.skipped and loop.progress.step % config.save_every == 0:
+            save_checkpoint()
+
+    log.start_training(loop.total_steps, loop.progress.step)
+    try:
+        loop.run(on_step_end=on_step_end, on_epoch_end=save_checkpoint)
+    except StopRequested:
+        log.stop_training()
+        save_checkpoint()
+        raise
+    finally:
+        log.stop_training()
+    save_checkpoint()

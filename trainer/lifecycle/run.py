@@ -1,0 +1,122 @@
+"""The lifecycle of one attempt of a run: the one owner of what lives from its first file to `run_end`.
+
+`RunLifecycle` is a context manager. Entering it starts this rank's heartbeat thread, installs the
+SIGTERM/SIGINT handlers and starts the lost-rank watchdog; `begin` (rank 0) opens metrics.jsonl
+with the attempt's `run_start`. Its `coordinator` lets ranks agree outside collectives (stops in
+the final phases, rank 0's solo work). Leaving it, on every path, writes exactly one `run_end` for that
+`run_start`: `completed` when the block finished (with the final validation loss), `interrupted`
+when the ranks agreed to stop for a signal, `failed` with the error in one line otherwise (a
+failure before the engine exists included). Then it stops the watchdog, restores the signal
+handlers, stops the heartbeat and closes metrics.jsonl. The watchdog's thread may end a run whose
+main thread is stuck in a collective: `end` lets only the first caller write.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from trainer.lifecycle import signals
+from trainer.lifecycle.coordination import Coordinator
+from trainer.reporting.events import Alert, RunEnd, RunStart
+from trainer.reporting.metrics import Heartbeat, MetricsWriter
+from trainer.reporting.runlog import RunLog, Throughput
+from trainer.training.config import TrainConfig
+from trainer.training.loop import Progress, StopRequested
+
+EXIT_COMPLETED = 0
+EXIT_FAILED = 1
+
+
+class RunLifecycle:
+    def __init__(self, run_dir: Path, dist_info, config: TrainConfig, throughput: Throughput):
+        self.run_dir = run_dir
+        self.dist = dist_info
+        self.config = config
+        self.heartbeat = Heartbeat(run_dir, dist_info.rank, dist_info.local_rank, config.heartbeat_every)
+        self.stop = signals.StopSignals()
+        self.coordinator = Coordinator(dist_info, self.stop, self.heartbeat)
+        self.peers = signals.PeerWatch(run_dir / "ranks", dist_info.world_size)
+        self.log = RunLog(None, throughput)
+        self.progress = Progress()  # the loop's, once it exists: run_end reports its step and tokens
+        self.final_val_loss: float | None = None  # set when the last phase is done
+        self.exit_code = EXIT_FAILED
+        self._watchdog: signals.LostRankWatchdog | None = None
+        self._writer: MetricsWriter | None = None
+        self._ended = False
+        self._end_lock = threading.Lock()
+
+    # ---- entering and leaving ----------------------------------------------------------------
+
+    def __enter__(self) -> "RunLifecycle":
+        self.heartbeat.start()
+        self.stop.install()
+        self._watchdog = signals.LostRankWatchdog(
+            self.heartbeat, self.peers, self._lost, grace_s=3 * self.config.heartbeat_every + 1
+        ).start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc is None:
+                status, error, self.exit_code = "completed", None, EXIT_COMPLETED
+            elif isinstance(exc, StopRequested):
+                status, self.exit_code = "interrupted", signals.EXIT_INTERRUPTED
+                error = (f"stopped by {self.stop.name or 'a signal on another rank'} at step {self.progress.step}; "
+                         "resume with --resume")
+                self.log.event(Alert(step=self.progress.step, kind="signal", message=error, rank=None))
+                self.log.print(f"[yellow]{error}[/]")
+            else:
+                status, error = "failed", self._describe_failure(exc)
+                traceback.print_exception(exc)
+            self.end(status, error)
+        finally:
+            self._close()
+        return exc is None or isinstance(exc, Exception)  # the exit code says it; Ctrl-C twice goes on
+
+    def _close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
+        self.stop.uninstall()
+        self.heartbeat.stop()
+        if self._writer is not None:
+            self._writer.close()
+
+    # ---- metrics.jsonl -----------------------------------------------------------------------
+
+    def begin(self, run_start: RunStart) -> RunLog:
+        """Open metrics.jsonl (rank 0) with this attempt's run_start; from here on a run_end follows."""
+        if self.dist.is_main:
+            self._writer = MetricsWriter(self.run_dir / "metrics.jsonl")
+            self.log = RunLog(self._writer, self.log.throughput)
+            self._writer.write(run_start)
+        return self.log
+
+    def end(self, status: str, error: str | None) -> None:
+        """Write this attempt's run_end, once, whoever calls first (the main or the watchdog thread)."""
+        with self._end_lock:
+            if self._ended or self._writer is None:
+                return
+            self._ended = True
+            self._writer.write(RunEnd(
+                status=status, error=error, step=self.progress.step, tokens_total=self.progress.tokens_total,
+                elapsed_s=time.time() - self.log.started,
+                final_val_loss=self.final_val_loss if status == "completed" else None,
+            ))
+
+    # ---- failures ----------------------------------------------------------------------------
+
+    def _describe_failure(self, exc: BaseException) -> str:
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        lost = self.peers.lost() if self.dist.world_size > 1 else []
+        if lost:
+            error = f"lost rank {', '.join(map(str, lost))}: {error}"
+        return error
+
+    def _lost(self, ranks: list[int]) -> None:
+        """The watchdog's thread, while the main one is stuck in a collective: the run failed."""
+        names = ", ".join(map(str, ranks))
+        self.log.event(Alert(step=self.progress.step, kind="rank_lost", message=f"lost rank {names}", rank=ranks[0]))
+        self.end("failed", f"lost rank {names} (no heartbeat; this rank stuck in a collective)")
