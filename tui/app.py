@@ -128,9 +128,11 @@ class DashboardScreen(Screen):
     # --- the UI thread ------------------------------------------------------------------------
 
     def redraw(self) -> None:
+        if not self.polls:  # nothing read yet: say nothing rather than something wrong
+            return
         status = self.query_one(StatusBar)
         if self.paused:
-            status.show(self.state.events_read, self.state.corrupt_lines(), paused=True)
+            status.show(self.state.events_read, self.state.skipped(), paused=True)
             return
         now = self.clock()
         with self.lock:
@@ -144,7 +146,7 @@ class DashboardScreen(Screen):
             events_version = self.query_one(EventsPanel).version
             self.query_one(EventsPanel).show(state)
             self.query_one(JudgePanel).show(state)
-            status.show(state.events_read, state.corrupt_lines(), paused=False)
+            status.show(state.events_read, state.skipped(), paused=False)
         if self.query_one(EventsPanel).version != events_version:
             self.query_one("#events-panel").scroll_end(animate=False)
 

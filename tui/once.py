@@ -5,7 +5,6 @@ cron. Same status words as the app (waiting, running, stalled, completed, interr
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -14,7 +13,8 @@ from rich.table import Table
 from tui.follow import RunFollower
 from tui.format import format_loss, literal
 from tui.runs import COLUMNS, RunSummary
-from tui.state import RunState, Thresholds, text_field
+from tui.fields import text_field
+from tui.state import RunState, Thresholds
 from tui.widgets.events import events_text
 from tui.widgets.judge import judge_text
 from tui.widgets.ranks import ranks_table
@@ -26,8 +26,7 @@ LAST_EVENTS = 8
 
 
 def read_run(run_dir: Path, thresholds: Thresholds, now: float) -> RunState:
-    """Read every file of the run once. With no earlier look to compare with, a file's mtime
-    stands for when it last grew (the file server's clock, not ours)."""
+    """Read every file of the run once (a first look: the files are dated by their mtimes)."""
     follower = RunFollower(run_dir, clock=lambda: now)
     state = RunState(thresholds)
     while True:
@@ -35,17 +34,7 @@ def read_run(run_dir: Path, thresholds: Thresholds, now: float) -> RunState:
         state.apply_poll(poll, now)
         if not poll.more:
             break
-    state.metrics_growth = mtime(follower.metrics.path)
-    for rank, heartbeat in state.heartbeats.items():
-        heartbeat.heard_at = mtime(follower.ranks[rank].path) or now
     return state
-
-
-def mtime(path: Path) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
 
 
 def render_text(renderables: list[RenderableType]) -> str:
@@ -77,8 +66,11 @@ def run_summary(state: RunState, name: str, now: float) -> str:
     alert = state.alert[0] if state.alert else None
     if alert:
         lines.append(f"alert     {alert}")
-    if state.corrupt_lines():
-        lines.append(f"corrupt   {state.corrupt_lines()} lines skipped")
+    skipped = state.skipped()
+    if skipped.corrupt:
+        lines.append(f"corrupt   {skipped.corrupt} lines skipped")
+    if skipped.unknown_version:
+        lines.append(f"unknown v {skipped.unknown_version} lines of an unknown schema version skipped")
     renderables: list[RenderableType] = ["\n".join(lines), "\nranks"]
     renderables.append(ranks_table(state.rank_rows(now), WIDTH))
     renderables += [f"\nevents (last {LAST_EVENTS})", events_text(list(state.log)[-LAST_EVENTS:])]

@@ -85,9 +85,12 @@ def make_app(run_dir: Path, clock: Clock, interval_s: float = 0.05, **thresholds
 
 @asynccontextmanager
 async def following_mid_run(writer: RunWriter, clock: Clock | None = None, size=(80, 24), **thresholds):
-    """The app following `mid_run(writer)`, once the mid-run state is on screen."""
+    """The app following `mid_run(writer)`, written just now by the dashboard's clock, once the
+    mid-run state is on screen."""
     mid_run(writer)
-    app = make_app(writer.run_dir, clock or Clock(writer.time), **thresholds)
+    clock = clock or Clock(writer.time)
+    writer.touch(clock.now)
+    app = make_app(writer.run_dir, clock, **thresholds)
     async with app.run_test(size=size) as pilot:
         await wait_for_text(pilot, "step 120/232")
         yield app, pilot

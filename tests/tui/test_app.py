@@ -280,3 +280,108 @@ async def test_runs_list_shows_markup_like_names_as_is(tmp_path):
         await pilot.press("enter")
         await wait_for_text(pilot, "FAILED")
         assert f"⚠ run failed: {MARKUP_ERROR}" in screen_text(app)
+
+
+# --- issue 12: right from the first frame ------------------------------------------------------
+
+
+def statuses_seen(app, seen: list[str]) -> str:
+    """The header's status badge now, recorded in `seen` when it changes ("" before any)."""
+    words = screen_text(app).splitlines()[0].split()
+    status = words[-1] if words and words[-1].isupper() else ""
+    if not seen or seen[-1] != status:
+        seen.append(status)
+    return status
+
+
+async def test_a_run_dead_for_two_hours_is_stalled_from_the_first_frame(writer):
+    mid_run(writer)
+    writer.touch(writer.time)
+    clock = Clock(writer.time + 7200)  # the dashboard looks two hours after the last write
+    app = make_app(writer.run_dir, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        seen = []
+        await wait_for(pilot, lambda: statuses_seen(app, seen) and "step 120/232" in screen_text(app))
+        assert seen[-1] == "STALLED" and "RUNNING" not in seen, seen
+        ranks = widget_text(app.screen.query_one("#ranks-panel")).splitlines()
+        for rank in (0, 1):  # heard two hours ago, by the files' dates
+            row = next(line for line in ranks if f" node{rank} " in line).split()
+            assert row[1:3] == [str(rank), f"node{rank}"] and row[7] == "2:00:00", row
+        assert background(app, "node0") == background(app, "node1") == STRAGGLER_RED  # silent
+        await settle(pilot)
+        assert statuses_seen(app, seen) == "STALLED"
+
+
+async def test_a_run_without_run_start_turns_stalled(tmp_path):
+    writer = RunWriter(tmp_path / "20261125-150000-tiny")
+    writer.heartbeat(0, 0, "tokenize")
+    writer.metrics.write_bytes(b"")  # created, but its run_start never came
+    writer.touch(5000.0)
+    clock = Clock(5000.0)
+    app = make_app(writer.run_dir, clock, stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "WAITING")
+        clock.now = 5121.0
+        await wait_for_text(pilot, "STALLED")
+    writer.touch(5000.0 - 121)  # the same from a first look: dated by the file's mtime
+    app = make_app(writer.run_dir, Clock(5000.0), stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        seen = []
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "STALLED")
+        assert "WAITING" not in seen, seen
+
+
+async def test_lines_of_an_unknown_version_are_counted_apart_in_the_bottom_bar(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        newer = [{"v": 2, "type": "train", "time": writer.time + 1, "step": 121, "loss": 0.1, "total": 999},
+                 {"v": 2, "type": "run_end", "time": writer.time + 2, "status": "completed", "step": 121}]
+        with open(writer.metrics, "ab") as f:
+            f.write(b"".join(orjson.dumps(event) + b"\n" for event in newer))
+        await wait_for_text(pilot, "unknown v lines: 2")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "step 120/232" in text and "RUNNING" in text and "━ train 0.700" in text
+        assert "corrupt" not in text
+
+
+async def test_ranks_of_an_earlier_attempt_with_more_ranks_are_not_listed(writer):
+    writer.start()
+    writer.steps(1, 20)
+    writer.heartbeat(0, 20, "backward")
+    writer.heartbeat(1, 20, "backward")
+    writer.end("interrupted", 20)
+    writer.world_size = 1  # resumed on one rank: rank-1.jsonl stays, silent
+    writer.start(resumed_from_step=20)
+    writer.steps(21, 25)
+    writer.heartbeat(0, 25, "forward")
+    writer.touch(writer.time)
+    os.utime(writer.rank_file(1), (writer.time - 600, writer.time - 600))  # silent for 10 minutes
+    app = make_app(writer.run_dir, Clock(writer.time))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "step 25/232")
+        await settle(pilot)
+        ranks = widget_text(app.screen.query_one("#ranks-panel"))
+        assert "node0" in ranks and "node1" not in ranks
+        assert "⚠" not in screen_text(app)  # no straggler alert for rank 1
+
+
+async def test_waiting_phases_are_shown_as_waiting_and_never_stragglers(writer):
+    # Ranks 0-1 on one node, 2-3 on another; each node's local rank 0 builds its token cache.
+    writer.world_size = 4
+    writer.start()
+    writer.heartbeat(0, 0, "tokenize", phase_for=300.0)
+    writer.heartbeat(1, 0, "wait_tokenize", phase_for=300.0)
+    writer.heartbeat(2, 0, "backward", phase_for=200.0)  # the other node is done: in a collective
+    writer.heartbeat(3, 0, "backward", phase_for=200.0)
+    writer.touch(writer.time)
+    app = make_app(writer.run_dir, Clock(writer.time), stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "waiting: tokenize")
+        await settle(pilot)
+        ranks = widget_text(app.screen.query_one("#ranks-panel")).splitlines()
+        row = next(line for line in ranks if "node1 " in line)
+        assert "waiting: tokenize" in row and "5:00" in row
+        assert "tokenize" in next(line for line in ranks if "node0 " in line)
+        for host in ("node0", "node1", "node2", "node3"):
+            assert background(app, host) != STRAGGLER_RED
+        assert "⚠" not in screen_text(app)

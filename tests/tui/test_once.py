@@ -23,11 +23,6 @@ def once(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=60)
 
 
-def touch(writer: RunWriter, when: float) -> None:
-    for path in [writer.metrics, *writer.run_dir.glob("ranks/*.jsonl")]:
-        os.utime(path, (when, when))
-
-
 def test_once_prints_the_run(writer):
     mid_run(writer)
     (writer.run_dir / "scores.summary.json").write_bytes(orjson.dumps(judge_summary()))
@@ -49,7 +44,7 @@ def test_once_prints_the_run(writer):
 
 def test_once_says_stalled_and_names_silent_ranks(writer):
     mid_run(writer)
-    touch(writer, time.time() - 600)
+    writer.touch(time.time() - 600)
     result = once(writer.run_dir, "--stall-after", 300)
     assert "status    stalled" in result.stdout.splitlines()
     rows = [line for line in result.stdout.splitlines() if "node" in line and "silent" in line]
@@ -134,3 +129,24 @@ def test_imports_nothing_from_the_trainer_torch_or_deepspeed():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+def test_once_lists_only_the_current_attempts_ranks(writer):
+    writer.start()
+    writer.steps(1, 20)
+    writer.heartbeat(0, 20, "backward")
+    writer.heartbeat(1, 20, "backward")
+    writer.end("interrupted", 20)
+    writer.world_size = 1  # resumed on one rank
+    writer.start(resumed_from_step=20)
+    writer.steps(21, 22)
+    writer.heartbeat(0, 22, "export", phase_for=1.0)
+    writer.touch(time.time())
+    os.utime(writer.rank_file(1), (time.time() - 3600, time.time() - 3600))
+    result = once(writer.run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ranks = lines[lines.index("ranks") + 1 : lines.index("ranks") + 3]
+    assert ranks[0].split()[:3] == ["rank", "host", "phase"]
+    assert ranks[1].split()[:3] == ["0", "node0", "export"]
+    assert "node1" not in result.stdout

@@ -8,7 +8,7 @@ import orjson
 import pytest
 
 from tests.tui.synthetic import RunWriter
-from tui.follow import RunFollower
+from tui.follow import RunFollower, Skipped
 from tui.series import Series
 from tui.state import RunState, Thresholds
 
@@ -27,6 +27,7 @@ def test_status_follows_the_run(writer):
     assert state.status(1000.0) == "waiting"
     writer.start()
     writer.steps(1, 3)
+    writer.touch(1000.0)
     read(writer.run_dir, 1000.0, state, follower)
     assert state.status(1000.0 + 120) == "running"
     assert state.status(1000.0 + 121) == "stalled"
@@ -120,6 +121,7 @@ def test_silent_rank_is_a_straggler(writer):
     writer.steps(1, 5)
     writer.heartbeat(0, 5, "backward")
     writer.heartbeat(1, 5, "backward")
+    writer.touch(1000.0)
     follower = RunFollower(writer.run_dir, clock=lambda: 1000.0)
     state = RunState(Thresholds(stall_after_s=60))
     state.apply_poll(follower.poll(), 1000.0)
@@ -148,6 +150,7 @@ def test_phase_duration_adds_our_time_since_heard(writer):
     writer.start()
     writer.heartbeat(0, 0, "forward", phase_for=100.0)
     writer.heartbeat(1, 0, "backward", phase_for=100.0)
+    writer.touch(1000.0)
     assert rows(writer, 1000.0) == {0: None, 1: None}
     state = read(writer.run_dir, 1000.0)
     row = state.rank_rows(1030.0)[0]
@@ -185,4 +188,33 @@ def test_malformed_fields_do_not_crash(writer):
     assert state.step() == 2 and state.total_steps() is None
     assert state.series["loss"].points() == [] and state.series["lr"].points() == []
     assert state.log[-1].text == "alert: "
-    assert state.events_read == 6 and state.corrupt_lines() == 0
+    assert state.events_read == 6 and state.skipped() == Skipped()
+
+
+def test_solo_work_and_waiting_for_it_are_never_stuck(writer):
+    writer.world_size = 3
+    writer.start()
+    writer.heartbeat(0, 10, "convert", phase_for=400.0)  # rank 0 converts the checkpoint
+    writer.heartbeat(1, 10, "wait_convert", phase_for=400.0)
+    writer.heartbeat(2, 10, "step", phase_for=400.0)
+    assert rows(writer, 1000.0) == {0: None, 1: None, 2: None}
+    writer.heartbeat(1, 10, "forward", phase_for=400.0)  # a real hang is still found
+    assert rows(writer, 1000.0) == {0: None, 1: "stuck in forward 6:40", 2: None}
+
+
+def test_only_the_latest_attempts_ranks_count(writer):
+    writer.world_size = 4
+    writer.start()
+    writer.steps(1, 10)
+    for rank in range(4):
+        writer.heartbeat(rank, 10, "backward")
+    with open(writer.rank_file(3), "ab") as f:
+        f.write(b"{corrupt\n")
+    writer.world_size = 2  # resumed on two ranks
+    writer.start(resumed_from_step=10)
+    writer.heartbeat(0, 10, "forward")
+    writer.heartbeat(1, 2, "forward")  # far behind: still a straggler
+    state = read(writer.run_dir, 1000.0, state=RunState(Thresholds(behind_steps=5)))
+    assert sorted(state.heartbeats) == [0, 1, 2, 3]  # read, but not listed
+    assert {row.rank: row.straggler for row in state.rank_rows(1000.0)} == {0: None, 1: "8 steps behind"}
+    assert state.skipped() == Skipped()  # rank 3's corrupt line is an earlier attempt's

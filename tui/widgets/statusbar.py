@@ -1,9 +1,11 @@
-"""One line at the bottom: the keys, then counters (corrupt lines, paused, events read)."""
+"""One line at the bottom: the keys, then counters (lines skipped, paused, events read)."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widget import Widget
+
+from tui.follow import Skipped
 
 KEYS = (("q", "quit"), ("p", "pause"), ("s", "smooth"), ("l", "log"), ("tab", "panel"), ("?", "help"))
 
@@ -15,10 +17,12 @@ class StatusBar(Widget):
         super().__init__(**kwargs)
         self.right = Text("")
 
-    def show(self, events_read: int, corrupt: int, paused: bool) -> None:
+    def show(self, events_read: int, skipped: Skipped, paused: bool) -> None:
         right = Text()
-        if corrupt:
-            right.append(f" corrupt lines: {corrupt} ", style="bold black on yellow")
+        if skipped.corrupt:
+            right.append(f" corrupt lines: {skipped.corrupt} ", style="bold black on yellow")
+        if skipped.unknown_version:  # written by a newer trainer: this dashboard cannot read them
+            right.append(f" unknown v lines: {skipped.unknown_version} ", style="bold black on yellow")
         if paused:
             right.append(" PAUSED ", style="bold black on yellow")
         right.append(f" {events_read} events ", style="dim")
