@@ -223,8 +223,10 @@ class RunFollower:
             return None
         summaries = {}
         for name, key in seen.items():
-            unchanged = known.get(name) == key
-            summaries[name] = (key, self.summaries[name][1] if unchanged else read_judge_summary(self.run_dir / name))
+            if known.get(name) == key:
+                summaries[name] = self.summaries[name]
+            else:
+                summaries[name] = (key, read_judge_summary(self.run_dir / name))
         self.summaries = summaries
         return {name: summary for name, (_, summary) in self.summaries.items()}
 

@@ -107,6 +107,8 @@ class RunState:
         self.judge_start: dict | None = None
         self.judge_end: dict | None = None
         self.eval_responses: list[int] = []  # steps whose responses were written for the judge
+        self.first_start_time: float | None = None  # writer's clock: the first run_start
+        self.last_event_time: float | None = None  # writer's clock: the latest event
         capacity = self.series_capacity
         self.series = {name: Series(capacity) for name in (*TRAIN_SERIES, "val_loss")}
         self.samples: deque[tuple[int | None, str]] = deque(maxlen=self.keep_samples)
@@ -174,6 +176,8 @@ class RunState:
             self._run_start(events[end], now)
             start = end + 1
         self.events_read += len(events)
+        if events:
+            self.last_event_time = number(events[-1], "time")
         self.version += 1
 
     def _add_train(self, events: list[dict]) -> None:
@@ -242,6 +246,8 @@ class RunState:
         resumed_from = integer(event, "resumed_from_step") or 0
         if self.run_start is not None:
             self._drop_after(resumed_from)
+        elif self.first_start_time is None:
+            self.first_start_time = number(event, "time")
         self.run_start = event
         self.run_end = None
         self.generate = self.judge_start = self.judge_end = None
@@ -324,6 +330,14 @@ class RunState:
         eta = None if end is not None else number(last, "eta_s")
         return text + f"  ETA {format_duration(eta)}"
 
+    def duration(self) -> float | None:
+        """Writer's time from the first run_start to the run's end, or to the latest event of a
+        run without one (going on, or resumed)."""
+        end = number(self.run_end, "time") if self.run_end is not None else self.last_event_time
+        if self.first_start_time is None or end is None:
+            return None
+        return end - self.first_start_time
+
     def best_val(self) -> tuple[float, float] | None:
         """(val loss, its step) of the lowest validation loss."""
         lowest = self.series["val_loss"].lowest()
@@ -350,19 +364,21 @@ class RunState:
         judged = {step for step, _ in self.eval_scores()}
         return sum(step not in judged for step in set(self.eval_responses))
 
-    def current_heartbeats(self) -> dict[int, Heartbeat]:
-        """The heartbeats of the latest attempt's ranks: those at or above its world size are an
-        earlier attempt's (docs/metrics.md, "Ranks of the current attempt")."""
+    def is_current_rank(self, rank: int) -> bool:
+        """Ranks at or above the latest run_start's world size are an earlier attempt's
+        (docs/metrics.md, "Ranks of the current attempt")."""
         world = integer(self.run_start or {}, "world_size")
-        if world is None:
-            return self.heartbeats
-        return {rank: hb for rank, hb in self.heartbeats.items() if rank < world}
+        return world is None or rank < world
+
+    def current_heartbeats(self) -> dict[int, Heartbeat]:
+        return {rank: hb for rank, hb in self.heartbeats.items() if self.is_current_rank(rank)}
 
     def skipped(self) -> Skipped:
         """Lines skipped in metrics.jsonl and the current ranks' heartbeat files."""
         total = self.metrics_skipped
-        for rank in self.current_heartbeats():
-            total += self.rank_skipped.get(rank, Skipped())
+        for rank, skipped in self.rank_skipped.items():
+            if self.is_current_rank(rank):
+                total += skipped
         return total
 
     def rank_rows(self, now: float) -> list[RankRow]:

@@ -104,12 +104,12 @@ class RunWriter:
         self.time += 1.0
         return self.emit({"type": "generate", "done": done, "total": total})
 
-    def end(self, status: str, step: int, error: str | None = None) -> dict:
+    def end(self, status: str, step: int, error: str | None = None, final_val_loss: float = 0.652) -> dict:
         self.time += 1.0
         return self.emit({
             "type": "run_end", "status": status, "error": error, "step": step,
             "tokens_total": self.tokens_total, "elapsed_s": self.time - self.start_time,
-            "final_val_loss": 0.652 if status == "completed" else None,
+            "final_val_loss": final_val_loss if status == "completed" else None,
         })
 
     def config(self, **flags) -> dict:

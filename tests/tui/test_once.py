@@ -12,7 +12,8 @@ import orjson
 
 from tests.conftest import REPO
 from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
-                                MARKUP_RESPONSE, MARKUP_RUN_NAME, markup_run, mid_run)
+                                MARKUP_RESPONSE, MARKUP_RUN_NAME, judged_run, markup_run, mid_run,
+                                runs_to_compare)
 from tests.tui.synthetic import RunWriter, judge_summary
 from tui.once import read_run, run_summary
 from tui.state import Thresholds
@@ -95,7 +96,7 @@ def test_once_lists_runs_with_markup_like_names(tmp_path):
     result = once(tmp_path / "runs")
     assert result.returncode == 0, result.stderr
     row = result.stdout.splitlines()[1]
-    assert re.split(" {2,}", row)[:4] == [MARKUP_RUN_NAME, "failed", MARKUP_MODEL, "20/232"]
+    assert re.split(" {2,}", row)[:4] == [MARKUP_RUN_NAME, MARKUP_MODEL, "failed", "20/232"]
 
 
 def test_once_lists_runs(tmp_path):
@@ -107,10 +108,10 @@ def test_once_lists_runs(tmp_path):
     result = once(tmp_path / "runs")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["run", "status", "model", "step", "loss", "age"]
-    assert sorted(line.split()[:4] for line in lines[1:]) == [
-        ["20261124-090000-tiny", "completed", "tiny", "4/10"],
-        ["20261125-090000-tiny", "interrupted", "tiny", "4/10"],
+    assert lines[0].split() == ["run", "model", "status", "steps", "val", "judge", "tuned−base", "duration"]
+    assert sorted(line.split() for line in lines[1:]) == [
+        ["20261124-090000-tiny", "tiny", "completed", "4/10", "0.652", "-", "-", "3", "s"],
+        ["20261125-090000-tiny", "tiny", "interrupted", "4/10", "-", "-", "-", "3", "s"],
     ]
 
 
@@ -150,3 +151,29 @@ def test_once_lists_only_the_current_attempts_ranks(writer):
     assert ranks[0].split()[:3] == ["rank", "host", "phase"]
     assert ranks[1].split()[:3] == ["0", "node0", "export"]
     assert "node1" not in result.stdout
+
+
+def test_once_prints_quality(tmp_path):
+    run = judged_run(tmp_path / "20261125-140000-gpt2-medium")
+    result = once(run.run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("judge     judged evals 3  step 60: 60.00 [55.0, 65.0]")
+    assert lines[start + 1] == "          final 50.00 [45.0, 55.0]  base 40.00  tuned − base +10.00 [6.0, 14.0]"
+    section = lines.index("judged evaluations (last 8)")
+    assert lines[section + 1 : section + 4] == ["  step     20  40.00 [35.0, 45.0]",
+                                                "  step     40  50.00 [45.0, 55.0]",
+                                                "  step     60  60.00 [55.0, 65.0]"]
+    assert "instruction-data-with-response.scored.summary.json" in lines  # its details follow
+
+
+def test_once_lists_runs_with_quality(tmp_path):
+    runs_to_compare(tmp_path / "runs")
+    result = once(tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        ["run", "model", "status", "steps", "val", "judge", "tuned−base", "duration"],
+        ["run-c", "tiny", "stalled", "15/40", "-", "-", "-", "9", "s"],  # dated long ago
+        ["run-b", "gpt2-medium", "completed", "60/60", "0.612", "54.0±5.0", "+14.0±4.0", "33", "s"],
+        ["run-a", "gpt2-medium", "completed", "60/60", "0.652", "50.0±5.0", "+10.0±4.0", "33", "s"],
+    ]

@@ -9,7 +9,7 @@ import pytest
 
 from tests.conftest import REPO
 from tests.tui.conftest import Clock, make_app, screen_text, wait_for
-from tui.app import DashboardScreen
+from tui.dashboard import DashboardScreen
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

@@ -36,8 +36,8 @@ def ranks_table(rows: list[RankRow], width: int) -> Table | Text:
             mem = f"{format_bytes(row.gpu_mem_used_bytes)}/{format_bytes(row.gpu_mem_total_bytes)}"
         else:
             util, mem = format_percent(row.cpu_percent), format_bytes(row.rss_bytes)
-        cells = [str(row.rank), row.host, phase_label(row.phase), format_duration(row.phase_for_s), str(row.step),
-                 str(row.steps_behind), format_duration(row.since_heard_s), util, mem]
+        cells = [str(row.rank), row.host, phase_label(row.phase), format_duration(row.phase_for_s),
+                 str(row.step), str(row.steps_behind), format_duration(row.since_heard_s), util, mem]
         if width >= WIDE:
             cells.append(row.straggler or "")  # names the phase, which the rank wrote
         table.add_row(*map(literal, cells), style="bold white on dark_red" if row.straggler else None)
