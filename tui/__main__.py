@@ -1,5 +1,6 @@
 """`python -m tui RUN_DIR` follows a run (or replays a finished one); `python -m tui runs/`
-lists the runs there; `--once` prints a plain-text summary instead and exits."""
+lists the runs there, to open or compare; `--once` prints a plain-text summary (or the runs
+table) instead and exits."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from tui.app import DashboardApp, DashboardConfig, is_runs_root
+from tui.app import DashboardApp, is_runs_root
+from tui.dashboard import DashboardConfig
 from tui.once import read_run, run_summary, runs_listing
 from tui.runs import list_runs
 from tui.state import Thresholds

@@ -11,7 +11,7 @@ replacement from the size and the inode, and only ever read what was added.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import methodcaller
 from pathlib import Path
 from typing import Callable
@@ -21,7 +21,22 @@ import orjson
 # Read at most this much per poll, so that opening a large file feeds the state in slices
 # (bounded memory, and the screen shows progress) instead of one huge read.
 READ_CHUNK_BYTES = 4 * 1024 * 1024
+METRICS_VERSION = 1  # the `v` of docs/metrics.md this reader knows
+JUDGE_VERSION = 1  # the `v` of docs/judge.md's summaries this reader knows
 GET_TYPE = methodcaller("get", "type")
+GET_V = methodcaller("get", "v")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Lines read but not taken in: corrupt (not JSON, or not an object with a string `type`),
+    or of a schema version this reader does not know (never read as another version)."""
+
+    corrupt: int = 0
+    unknown_version: int = 0
+
+    def __add__(self, other: Skipped) -> Skipped:
+        return Skipped(self.corrupt + other.corrupt, self.unknown_version + other.unknown_version)
 
 
 @dataclass
@@ -37,18 +52,22 @@ class Chunk:
 
 @dataclass
 class JsonlFollower:
-    """Tail of one JSONL file: offset, identity, the partial last line and a corrupt-line count.
+    """Tail of one JSONL file: offset, identity, the partial last line and the lines skipped.
 
-    `last_growth` is when the file last grew, by the reader's clock (`clock`), because the
-    writers' clocks may differ from ours.
+    `last_growth` dates the file's last growth (docs/metrics.md, "Staleness"): by its
+    modification time until this reader has seen it grow (a run that died hours ago is stale
+    from the first look), then by the reader's clock (`clock`), because the writers' clocks and
+    the file server's may differ from ours. Reading a large file's backlog slice after slice is
+    not growth: only a size larger than the one last seen is.
     """
 
     path: Path
     clock: Callable[[], float]
     offset: int = 0
     identity: tuple[int, int] | None = None  # (st_dev, st_ino) of the file being followed
+    size: int = 0  # the file's size at the last look
     partial: bytes = b""  # a last line without its "\n" yet: wait for the rest
-    corrupt_lines: int = 0
+    skipped: Skipped = field(default_factory=Skipped)
     last_growth: float | None = None
 
     def poll(self) -> Chunk:
@@ -63,55 +82,70 @@ class JsonlFollower:
             identity = (stat.st_dev, stat.st_ino)
             if self.identity is not None and (identity != self.identity or stat.st_size < self.offset):
                 reset = self._forget()
-            self.identity = identity
+            if self.identity is None:  # a first look at this file
+                self.last_growth = stat.st_mtime
+            elif stat.st_size > self.size:
+                self.last_growth = self.clock()
+            self.identity, self.size = identity, stat.st_size
             if stat.st_size == self.offset:
                 return Chunk(events=[], reset=reset)
             f.seek(self.offset)
             data = f.read(READ_CHUNK_BYTES)
         self.offset += len(data)
-        self.last_growth = self.clock()
         return Chunk(events=self._parse(data), reset=reset, more=self.offset < stat.st_size)
 
     def _forget(self) -> bool:
-        self.offset = 0
+        self.offset = self.size = 0
         self.identity = None
         self.partial = b""
-        self.corrupt_lines = 0
+        self.skipped = Skipped()
+        self.last_growth = None
         return True
 
     def _parse(self, data: bytes) -> list[dict]:
         data = self.partial + data
         last_newline = data.rfind(b"\n")
         self.partial = data[last_newline + 1 :]
-        events, corrupt = parse_lines(data[: last_newline + 1])
-        self.corrupt_lines += corrupt
+        events, skipped = parse_lines(data[: last_newline + 1])
+        if skipped != Skipped():
+            self.skipped += skipped
         return events
 
 
-def parse_lines(data: bytes) -> tuple[list[dict], int]:
-    """The events in complete, "\n"-terminated lines, and how many lines were corrupt (not
-    JSON, or not an object with a string `type`)."""
+def parse_lines(data: bytes) -> tuple[list[dict], Skipped]:
+    """The events of METRICS_VERSION in complete, "\n"-terminated lines, and the lines
+    skipped."""
     lines = list(filter(None, data.split(b"\n")))
-    # Fast path, all in C: every line parses, and is an object with a string `type`.
+    # Fast path, all in C: every line parses, and is an object with a string `type` and `v` 1.
     try:
         events = list(map(orjson.loads, lines))
     except orjson.JSONDecodeError:
         pass
     else:
-        if {dict}.issuperset(map(type, events)) and {str}.issuperset(map(type, map(GET_TYPE, events))):
-            return events, 0
-    events, corrupt = [], 0
+        if ({dict}.issuperset(map(type, events)) and {str}.issuperset(map(type, map(GET_TYPE, events)))
+                and {METRICS_VERSION}.issuperset(map(GET_V, events))
+                and {int}.issuperset(map(type, map(GET_V, events)))):  # `true` equals 1, too
+            return events, Skipped()
+    events, corrupt, unknown_version = [], 0, 0
     for line in lines:
         try:
             event = orjson.loads(line)
         except orjson.JSONDecodeError:
             corrupt += 1
             continue
-        if isinstance(event, dict) and isinstance(event.get("type"), str):
-            events.append(event)
-        else:
+        if not isinstance(event, dict) or not isinstance(event.get("type"), str):
             corrupt += 1
-    return events, corrupt
+        elif not is_version(event, METRICS_VERSION):
+            unknown_version += 1
+        else:
+            events.append(event)
+    return events, Skipped(corrupt, unknown_version)
+
+
+def is_version(document: dict, version: int) -> bool:
+    """`v` is exactly the integer `version` (a JSON true, 1.0 or "1" is not)."""
+    v = document.get("v")
+    return v.__class__ is int and v == version
 
 
 @dataclass
@@ -119,25 +153,31 @@ class RunPoll:
     """What one poll of a run directory found."""
 
     metrics: Chunk
-    metrics_growth: float | None  # dashboard clock: when metrics.jsonl last grew
+    metrics_growth: float | None  # when metrics.jsonl last grew (see JsonlFollower)
     ranks: dict[int, Chunk]  # global rank -> what its heartbeat file gained
     heard: dict[int, float | None]  # global rank -> when its heartbeat file last grew
-    metrics_corrupt: int
-    rank_corrupt: dict[int, int]
+    metrics_skipped: Skipped
+    rank_skipped: dict[int, Skipped]
     judge: dict[str, dict | str] | None  # judge summaries (or why unreadable); None: unchanged
     more: bool  # a file has more to read right away
 
 
+# Judge summaries (docs/judge.md) placed in the run directory, and those of the judged
+# evaluations under evals/ (docs/metrics.md); named by their path relative to the run directory.
+SUMMARY_GLOBS = ("*.summary.json", "evals/*.summary.json")
+
+
 class RunFollower:
     """Polls the files of one run directory (docs/metrics.md): `metrics.jsonl`,
-    `ranks/rank-<N>.jsonl` and any `*.summary.json` (docs/judge.md)."""
+    `ranks/rank-<N>.jsonl` and the judge summaries (SUMMARY_GLOBS)."""
 
     def __init__(self, run_dir: str | Path, clock: Callable[[], float]):
         self.run_dir = Path(run_dir)
         self.clock = clock
         self.metrics = JsonlFollower(self.run_dir / "metrics.jsonl", clock)
         self.ranks: dict[int, JsonlFollower] = {}
-        self.judge_seen: dict[str, tuple[int, int]] = {}  # name -> (mtime_ns, size)
+        # name -> ((mtime_ns, size), what was read): a summary is re-read only when it changed.
+        self.summaries: dict[str, tuple[tuple[int, int], dict | str]] = {}
 
     def poll(self) -> RunPoll:
         metrics = self.metrics.poll()
@@ -148,8 +188,8 @@ class RunFollower:
             metrics_growth=self.metrics.last_growth,
             ranks=ranks,
             heard={rank: follower.last_growth for rank, follower in self.ranks.items()},
-            metrics_corrupt=self.metrics.corrupt_lines,
-            rank_corrupt={rank: follower.corrupt_lines for rank, follower in self.ranks.items()},
+            metrics_skipped=self.metrics.skipped,
+            rank_skipped={rank: follower.skipped for rank, follower in self.ranks.items()},
             judge=self._poll_judge(),
             more=metrics.more or any(chunk.more for chunk in ranks.values()),
         )
@@ -168,29 +208,37 @@ class RunFollower:
                 self.ranks[rank] = JsonlFollower(self.run_dir / "ranks" / name, self.clock)
 
     def _poll_judge(self) -> dict[str, dict | str] | None:
-        """Re-read the judge summaries when one appeared, changed or went (they are small and
-        written atomically, docs/judge.md)."""
-        seen = {}
-        for path in sorted(self.run_dir.glob("*.summary.json")):
-            try:
-                stat = path.stat()
-            except FileNotFoundError:
-                continue
-            seen[path.name] = (stat.st_mtime_ns, stat.st_size)
-        if seen == self.judge_seen:
+        """All the judge summaries when one appeared, changed or went, else None. They are
+        small and written atomically (docs/judge.md); only the changed ones are read again."""
+        seen: dict[str, tuple[int, int]] = {}
+        for pattern in SUMMARY_GLOBS:
+            for path in sorted(self.run_dir.glob(pattern)):
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue
+                seen[path.relative_to(self.run_dir).as_posix()] = (stat.st_mtime_ns, stat.st_size)
+        known = {name: key for name, (key, _) in self.summaries.items()}
+        if seen == known:
             return None
-        self.judge_seen = seen
-        summaries: dict[str, dict | str] = {}
-        for name in seen:
-            try:
-                summary = orjson.loads((self.run_dir / name).read_bytes())
-            except (OSError, orjson.JSONDecodeError) as e:
-                summaries[name] = f"unreadable: {e}"
-                continue
-            if not isinstance(summary, dict) or summary.get("type") != "judge_summary":
-                summaries[name] = "not a judge summary (type is not 'judge_summary')"
-            elif summary.get("v") != 1:
-                summaries[name] = f"judge summary schema v{summary.get('v')}, this dashboard reads v1"
+        summaries = {}
+        for name, key in seen.items():
+            if known.get(name) == key:
+                summaries[name] = self.summaries[name]
             else:
-                summaries[name] = summary
-        return summaries
+                summaries[name] = (key, read_judge_summary(self.run_dir / name))
+        self.summaries = summaries
+        return {name: summary for name, (_, summary) in self.summaries.items()}
+
+
+def read_judge_summary(path: Path) -> dict | str:
+    """A judge summary (docs/judge.md), or one line saying why it cannot be read."""
+    try:
+        summary = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError) as e:
+        return f"unreadable: {e}"
+    if not isinstance(summary, dict) or summary.get("type") != "judge_summary":
+        return "not a judge summary (type is not 'judge_summary')"
+    if not is_version(summary, JUDGE_VERSION):
+        return f"judge summary schema v{summary.get('v')}, this dashboard reads v{JUDGE_VERSION}"
+    return summary

@@ -55,3 +55,29 @@ def literal(value: object, style: str = "") -> Text:
     appended to a `Text` (which never parses markup); plain `str` is left to the dashboard's
     own markup."""
     return Text(str(value), style=style, end="")
+
+
+def middle_truncate(text: str, width: int) -> str:
+    """`20261125…gpt2-medium`: both ends of a name, where runs tend to differ."""
+    if len(text) <= width:
+        return text
+    head = (width - 1) // 2
+    return text[:head] + "…" + text[len(text) - (width - 1 - head):]
+
+
+def fit_widths(rows: list[tuple[str, ...]], width: int, flexible: int = 0, least: int = 12) -> list[int]:
+    """Each column's width, its longest cell, one space between columns; the `flexible` column
+    (the names) gives way, down to `least`, so that a row fits in `width`."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    others = sum(widths) - widths[flexible] + len(widths) - 1
+    widths[flexible] = max(least, min(widths[flexible], width - others))
+    return widths
+
+
+def cell(text: str, width: int, right: bool = False) -> Text:
+    """A table cell of exactly `width`: the text as is (never markup), cut with an ellipsis,
+    numbers (`right`) aligned right."""
+    shown = literal(text)
+    shown.truncate(width, overflow="ellipsis")
+    shown.align("right" if right else "left", width)
+    return shown

@@ -5,7 +5,6 @@ cron. Same status words as the app (waiting, running, stalled, completed, interr
 from __future__ import annotations
 
 import io
-import os
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -14,20 +13,21 @@ from rich.table import Table
 from tui.follow import RunFollower
 from tui.format import format_loss, literal
 from tui.runs import COLUMNS, RunSummary
-from tui.state import RunState, Thresholds, text_field
+from tui.fields import text_field
+from tui.state import RunState, Thresholds
 from tui.widgets.events import events_text
-from tui.widgets.judge import judge_text
+from tui.widgets.judge import evals_text, final_text, judge_text, listed_summaries
 from tui.widgets.ranks import ranks_table
 from tui.widgets.samples import samples_text
 from tui.widgets.throughput import THROUGHPUT_ROWS
 
 WIDTH = 100
+LISTING_WIDTH = 1000  # never wrap or cut a row of the runs list
 LAST_EVENTS = 8
 
 
 def read_run(run_dir: Path, thresholds: Thresholds, now: float) -> RunState:
-    """Read every file of the run once. With no earlier look to compare with, a file's mtime
-    stands for when it last grew (the file server's clock, not ours)."""
+    """Read every file of the run once (a first look: the files are dated by their mtimes)."""
     follower = RunFollower(run_dir, clock=lambda: now)
     state = RunState(thresholds)
     while True:
@@ -35,24 +35,14 @@ def read_run(run_dir: Path, thresholds: Thresholds, now: float) -> RunState:
         state.apply_poll(poll, now)
         if not poll.more:
             break
-    state.metrics_growth = mtime(follower.metrics.path)
-    for rank, heartbeat in state.heartbeats.items():
-        heartbeat.heard_at = mtime(follower.ranks[rank].path) or now
     return state
 
 
-def mtime(path: Path) -> float | None:
-    try:
-        return os.stat(path).st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def render_text(renderables: list[RenderableType]) -> str:
+def render_text(renderables: list[RenderableType], width: int = WIDTH) -> str:
     """Plain text: a `str` here (and in a table's cells) is printed as is, never read as markup or
     emoji codes, since it carries what the run wrote (its error, alerts, hosts, model)."""
     buffer = io.StringIO()
-    console = Console(file=buffer, width=WIDTH, color_system=None, highlight=False, soft_wrap=False,
+    console = Console(file=buffer, width=width, color_system=None, highlight=False, soft_wrap=False,
                       markup=False, emoji=False)
     for renderable in renderables:
         console.print(literal(renderable) if isinstance(renderable, str) else renderable)
@@ -77,22 +67,35 @@ def run_summary(state: RunState, name: str, now: float) -> str:
     alert = state.alert[0] if state.alert else None
     if alert:
         lines.append(f"alert     {alert}")
-    if state.corrupt_lines():
-        lines.append(f"corrupt   {state.corrupt_lines()} lines skipped")
+    skipped = state.skipped()
+    if skipped.corrupt:
+        lines.append(f"corrupt   {skipped.corrupt} lines skipped")
+    if skipped.unknown_version:
+        lines.append(f"unknown v {skipped.unknown_version} lines of an unknown schema version skipped")
+    scores, pending, final = state.eval_scores(), state.judge_pending(), state.final_judge()
+    if scores or pending or final or state.judge_start:
+        lines.append(f"judge     {evals_text(scores, pending).plain}")
+        lines.append(f"          {final_text(final, state.judge_start).plain}")
+        if final is not None and final.command:
+            lines.append(f"          finish it with: {final.command}")
     renderables: list[RenderableType] = ["\n".join(lines), "\nranks"]
     renderables.append(ranks_table(state.rank_rows(now), WIDTH))
     renderables += [f"\nevents (last {LAST_EVENTS})", events_text(list(state.log)[-LAST_EVENTS:])]
     if state.samples:
         renderables += ["\nlatest sample", samples_text(state.sample_prompt, list(state.samples)[-1:])]
-    if state.judge:
-        renderables += ["\njudge", judge_text(state.judge)]
+    if scores:
+        renderables.append(f"\njudged evaluations (last {LAST_EVENTS})")
+        renderables += [f"  step {step:>6}  {score.text()}" for step, score in scores[-LAST_EVENTS:]]
+    if listed_summaries(state.judge):
+        renderables += ["\njudge", judge_text(listed_summaries(state.judge))]
     return render_text(renderables)
 
 
 def runs_listing(summaries: list[RunSummary]) -> str:
+    """The runs list's table, as wide as it needs: scripts read whole names."""
     table = Table(box=None, padding=(0, 2), pad_edge=False, header_style="bold")
     for column in COLUMNS:
-        table.add_column(column, no_wrap=True)
+        table.add_column(column.title, no_wrap=True, justify="right" if column.numeric else "left")
     for summary in summaries:
         table.add_row(*map(literal, summary.cells()))
-    return render_text([table if summaries else "no runs"])
+    return render_text([table if summaries else "no runs"], width=LISTING_WIDTH)

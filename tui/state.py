@@ -13,13 +13,19 @@ from dataclasses import dataclass
 from itertools import compress
 from operator import itemgetter, methodcaller
 
-from tui.follow import RunPoll
+from tui.fields import all_numbers, integer, is_number, number, text_field
+from tui.follow import RunPoll, Skipped
 from tui.format import format_duration
+from tui.quality import Estimate, FinalJudge, eval_scores, final_judge, judge_label
 from tui.series import Series
 
 # Phases in which a rank waits on the others (docs/metrics.md, "Heartbeats"): a rank stuck in
 # any other phase while the rest wait in one of these is the one holding the run up.
 COLLECTIVE_PHASES = frozenset({"backward", "step", "checkpoint"})
+# One rank's work that the others wait for by design, outside any collective; they say so with
+# WAITING_PREFIX + the phase. Neither the worker nor the waiting ranks are stuck for that.
+SOLO_PHASES = frozenset({"convert", "export", "tokenize"})
+WAITING_PREFIX = "wait_"
 
 
 @dataclass(frozen=True)
@@ -36,7 +42,7 @@ class LogLine:
 
     step: int | None
     since_start_s: float | None  # writer's time since the attempt's run_start
-    kind: str  # run_start, checkpoint, alert, straggler, run_end
+    kind: str  # run_start, checkpoint, alert, straggler, run_end, judge
     text: str
 
 
@@ -59,34 +65,14 @@ class RankRow:
 
 TRAIN_SERIES = ("loss", "tokens_per_s", "samples_per_s", "mfu", "lr", "grad_norm")
 TRAIN_FIELDS = itemgetter("step", *TRAIN_SERIES)
-NUMBER_TYPES = frozenset({int, float})
 GET_TYPE = methodcaller("get", "type")
 
 
-def is_number(value) -> bool:
-    """int or float exactly: a JSON true/false (bool, a subclass of int) is not a number."""
-    return value.__class__ is float or value.__class__ is int
-
-
-def all_numbers(values) -> bool:
-    return NUMBER_TYPES.issuperset(map(type, values))  # in C: the check runs per step
-
-
-def number(event: dict, key: str) -> float | None:
-    """A numeric field, or None when it is null, missing or not a number (never crash on a
-    malformed but parseable line)."""
-    value = event.get(key)
-    return float(value) if is_number(value) else None
-
-
-def integer(event: dict, key: str) -> int | None:
-    value = number(event, key)
-    return int(value) if value is not None else None
-
-
-def text_field(event: dict, key: str, default: str = "") -> str:
-    value = event.get(key)
-    return value if isinstance(value, str) else default
+def waits_by_design(phase: str) -> bool:
+    """A phase in which a rank is held up on purpose, never stuck: a collective, one rank's solo
+    work, or waiting for that work."""
+    return (phase in COLLECTIVE_PHASES or phase in SOLO_PHASES
+            or (phase.startswith(WAITING_PREFIX) and phase[len(WAITING_PREFIX):] in SOLO_PHASES))
 
 
 @dataclass
@@ -103,10 +89,11 @@ class RunState:
         self.keep_log = keep_log
         self.keep_samples = keep_samples
         self.heartbeats: dict[int, Heartbeat] = {}
-        self.rank_corrupt: dict[int, int] = {}
-        self.metrics_corrupt = 0
-        self.metrics_growth: float | None = None  # dashboard clock
-        self.judge: dict[str, dict | str] = {}  # file name -> summary, or why it is unreadable
+        self.rank_skipped: dict[int, Skipped] = {}
+        self.metrics_skipped = Skipped()
+        self.metrics_growth: float | None = None  # when metrics.jsonl last grew (JsonlFollower)
+        # Judge summaries by path relative to the run directory -> summary, or why unreadable.
+        self.judge: dict[str, dict | str] = {}
         self.stragglers: dict[int, str] = {}
         self.version = 0  # bumped on every change, so that widgets redraw only when needed
         self.reset_metrics()
@@ -117,6 +104,11 @@ class RunState:
         self.run_end: dict | None = None
         self.last_train: dict | None = None
         self.generate: dict | None = None
+        self.judge_start: dict | None = None
+        self.judge_end: dict | None = None
+        self.eval_responses: list[int] = []  # steps whose responses were written for the judge
+        self.first_start_time: float | None = None  # writer's clock: the first run_start
+        self.last_event_time: float | None = None  # writer's clock: the latest event
         capacity = self.series_capacity
         self.series = {name: Series(capacity) for name in (*TRAIN_SERIES, "val_loss")}
         self.samples: deque[tuple[int | None, str]] = deque(maxlen=self.keep_samples)
@@ -145,9 +137,9 @@ class RunState:
             if chunk.events:
                 self.heartbeats[rank] = Heartbeat(chunk.events[-1], poll.heard[rank])
                 changed = True
-        if poll.metrics_corrupt != self.metrics_corrupt or poll.rank_corrupt != self.rank_corrupt:
-            self.metrics_corrupt = poll.metrics_corrupt
-            self.rank_corrupt = dict(poll.rank_corrupt)
+        if poll.metrics_skipped != self.metrics_skipped or poll.rank_skipped != self.rank_skipped:
+            self.metrics_skipped = poll.metrics_skipped
+            self.rank_skipped = dict(poll.rank_skipped)
             changed = True
         if poll.judge is not None:
             self.judge = poll.judge
@@ -160,6 +152,8 @@ class RunState:
         handlers = {
             "eval": self._eval, "sample": self._sample, "checkpoint": self._checkpoint,
             "alert": self._alert, "run_end": self._run_end, "generate": self._generate,
+            "judge_start": self._judge_start, "judge_end": self._judge_end,
+            "eval_responses": self._eval_responses,
         }
         types = list(map(GET_TYPE, events))
         # Taken in segments between run_starts (a resume drops steps before what follows it).
@@ -182,6 +176,8 @@ class RunState:
             self._run_start(events[end], now)
             start = end + 1
         self.events_read += len(events)
+        if events:
+            self.last_event_time = number(events[-1], "time")
         self.version += 1
 
     def _add_train(self, events: list[dict]) -> None:
@@ -220,6 +216,20 @@ class RunState:
     def _generate(self, event: dict, now: float) -> None:
         self.generate = event
 
+    def _eval_responses(self, event: dict, now: float) -> None:
+        step = integer(event, "step")
+        if step is not None:
+            self.eval_responses.append(step)
+
+    def _judge_start(self, event: dict, now: float) -> None:
+        self.judge_start, self.judge_end = event, None
+        self._log(event, "judge", f"judge started: {judge_label(event)}")
+
+    def _judge_end(self, event: dict, now: float) -> None:
+        self.judge_end = event
+        status, error = text_field(event, "status", "failed"), text_field(event, "error")
+        self._log(event, "judge", f"judge {status}" + (f": {error}" if error else ""))
+
     def _checkpoint(self, event: dict, now: float) -> None:
         seconds = number(event, "seconds")
         took = f" ({seconds:.1f} s)" if seconds is not None else ""
@@ -236,9 +246,11 @@ class RunState:
         resumed_from = integer(event, "resumed_from_step") or 0
         if self.run_start is not None:
             self._drop_after(resumed_from)
+        elif self.first_start_time is None:
+            self.first_start_time = number(event, "time")
         self.run_start = event
         self.run_end = None
-        self.generate = None
+        self.generate = self.judge_start = self.judge_end = None
         if attempt > 1:
             self._log(event, "run_start", f"attempt {attempt} resumed from step {resumed_from}")
         else:
@@ -253,6 +265,7 @@ class RunState:
             self.last_train = None
         self.samples = deque(((s, r) for s, r in self.samples if s is None or s <= step),
                              maxlen=self.keep_samples)
+        self.eval_responses = [s for s in self.eval_responses if s <= step]
         self.log = deque((line for line in self.log if line.step is None or line.step <= step),
                          maxlen=self.keep_log)
 
@@ -275,14 +288,13 @@ class RunState:
     def status(self, now: float) -> str:
         """`run_end`'s status when there is one, else `running`, or `stalled` when
         metrics.jsonl has not grown for `stall_after_s` (heartbeats keep coming from a hung
-        run, so they do not count); `waiting` before the first `run_start`."""
+        run, so they do not count); `waiting` before the first `run_start`, until metrics.jsonl
+        has held none for `stall_after_s` (docs/metrics.md, "Staleness")."""
         if self.run_end is not None:
             return text_field(self.run_end, "status", "failed")
-        if self.run_start is None:
-            return "waiting"
         if self.metrics_growth is not None and now - self.metrics_growth > self.thresholds.stall_after_s:
             return "stalled"
-        return "running"
+        return "running" if self.run_start is not None else "waiting"
 
     def step(self) -> int:
         """The last finished optimizer step."""
@@ -318,6 +330,14 @@ class RunState:
         eta = None if end is not None else number(last, "eta_s")
         return text + f"  ETA {format_duration(eta)}"
 
+    def duration(self) -> float | None:
+        """Writer's time from the first run_start to the run's end, or to the latest event of a
+        run without one (going on, or resumed)."""
+        end = number(self.run_end, "time") if self.run_end is not None else self.last_event_time
+        if self.first_start_time is None or end is None:
+            return None
+        return end - self.first_start_time
+
     def best_val(self) -> tuple[float, float] | None:
         """(val loss, its step) of the lowest validation loss."""
         lowest = self.series["val_loss"].lowest()
@@ -332,21 +352,48 @@ class RunState:
             return self.alert[0]
         return None
 
-    def corrupt_lines(self) -> int:
-        return self.metrics_corrupt + sum(self.rank_corrupt.values())
+    def eval_scores(self) -> list[tuple[int, Estimate]]:
+        """Each judged evaluation's mean score, in step order."""
+        return eval_scores(self.judge)
+
+    def final_judge(self) -> FinalJudge | None:
+        return final_judge(self.judge_end, self.judge)
+
+    def judge_pending(self) -> int:
+        """Evaluations whose responses wait for their judge summary (`python -m judge follow`)."""
+        judged = {step for step, _ in self.eval_scores()}
+        return sum(step not in judged for step in set(self.eval_responses))
+
+    def is_current_rank(self, rank: int) -> bool:
+        """Ranks at or above the latest run_start's world size are an earlier attempt's
+        (docs/metrics.md, "Ranks of the current attempt")."""
+        world = integer(self.run_start or {}, "world_size")
+        return world is None or rank < world
+
+    def current_heartbeats(self) -> dict[int, Heartbeat]:
+        return {rank: hb for rank, hb in self.heartbeats.items() if self.is_current_rank(rank)}
+
+    def skipped(self) -> Skipped:
+        """Lines skipped in metrics.jsonl and the current ranks' heartbeat files."""
+        total = self.metrics_skipped
+        for rank, skipped in self.rank_skipped.items():
+            if self.is_current_rank(rank):
+                total += skipped
+        return total
 
     def rank_rows(self, now: float) -> list[RankRow]:
-        if not self.heartbeats:
+        heartbeats = self.current_heartbeats()
+        if not heartbeats:
             return []
-        steps = {rank: integer(hb.event, "step") or 0 for rank, hb in self.heartbeats.items()}
+        steps = {rank: integer(hb.event, "step") or 0 for rank, hb in heartbeats.items()}
         most = max(steps.values())
-        collective = [rank for rank, hb in self.heartbeats.items()
+        collective = [rank for rank, hb in heartbeats.items()
                       if text_field(hb.event, "phase") in COLLECTIVE_PHASES]
         watch = self.status(now) in ("running", "stalled")
         limit = self.thresholds.stall_after_s
         rows = []
-        for rank in sorted(self.heartbeats):
-            hb = self.heartbeats[rank]
+        for rank in sorted(heartbeats):
+            hb = heartbeats[rank]
             event = hb.event
             since_heard = max(0.0, now - hb.heard_at)
             phase = text_field(event, "phase", "?")
@@ -358,7 +405,7 @@ class RunState:
             if watch:
                 if since_heard > limit:
                     straggler = f"silent {format_duration(since_heard)}"
-                elif (phase not in COLLECTIVE_PHASES and phase_for is not None and phase_for > limit
+                elif (not waits_by_design(phase) and phase_for is not None and phase_for > limit
                       and any(other != rank for other in collective)):
                     straggler = f"stuck in {phase} {format_duration(phase_for)}"
                 elif behind > self.thresholds.behind_steps:

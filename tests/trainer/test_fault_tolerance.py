@@ -203,6 +203,13 @@ def test_resume_on_one_rank_after_two(tmp_path, no_leftovers):
     difference = max_difference(weights(out), weights(reference_dir))
     print(f"2 -> 1 ranks: max |dw| = {difference:.3g}")
     assert difference <= 1e-4
+    # Rank 1's heartbeat file stays, naming a process long gone: no lost rank, no ghost.
+    assert not [e for e in of_type(events(out), "alert") if e["kind"] == "rank_lost"]
+    once = subprocess.run([sys.executable, "-m", "tui", str(out), "--once"], capture_output=True, text=True,
+                          timeout=60, cwd=REPO)
+    lines = once.stdout.splitlines()
+    ranks = lines[lines.index("ranks") + 2:lines.index("ranks") + 4]
+    assert ranks[0].split()[0] == "0" and not (ranks[1].split() or ["?"])[0].isdigit(), once.stdout
 
 
 def test_resume_refuses_a_different_run(reference, tmp_path):

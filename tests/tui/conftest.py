@@ -12,7 +12,8 @@ import pytest
 
 from testkit.runs import RunWriter, judge_summary
 from testkit.screens import screen_text
-from tui.app import DashboardApp, DashboardConfig, DashboardScreen
+from tui.app import DashboardApp
+from tui.dashboard import DashboardConfig, FollowingScreen
 from tui.state import Thresholds
 
 RUN_NAME = "20261125-140000-gpt2-medium"
@@ -86,9 +87,12 @@ def make_app(run_dir: Path, clock: Clock, interval_s: float = 0.05, **thresholds
 
 @asynccontextmanager
 async def following_mid_run(writer: RunWriter, clock: Clock | None = None, size=(80, 24), **thresholds):
-    """The app following `mid_run(writer)`, once the mid-run state is on screen."""
+    """The app following `mid_run(writer)`, written just now by the dashboard's clock, once the
+    mid-run state is on screen."""
     mid_run(writer)
-    app = make_app(writer.run_dir, clock or Clock(writer.time), **thresholds)
+    clock = clock or Clock(writer.time)
+    writer.touch(clock.now)
+    app = make_app(writer.run_dir, clock, **thresholds)
     async with app.run_test(size=size) as pilot:
         await wait_for_text(pilot, "step 120/232")
         yield app, pilot
@@ -110,8 +114,46 @@ async def wait_for_text(pilot, text: str, timeout: float = 10.0) -> None:
 async def settle(pilot) -> None:
     """Wait until the worker has polled and the screen has been redrawn since."""
     screen = pilot.app.screen
-    assert isinstance(screen, DashboardScreen)
+    assert isinstance(screen, FollowingScreen)
     polls = screen.polls
     await wait_for(pilot, lambda: screen.polls >= polls + 2)
     screen.redraw()
     await pilot.pause()
+
+
+def judged_run(run_dir: Path, model: str = "gpt2-medium", lr: float = 5e-5, quality: float = 0.0,
+               steps: int = 60, judge: bool = True) -> RunWriter:
+    """A completed run with `--judge-samples`: an eval every 20 steps, each judged (mean score
+    30 + step / 2 + quality, CI ± 5), its config (`lr`), and with `judge` the test responses
+    judged against the base model: 50 + quality [45 + quality, 55 + quality], tuned − base
+    10 + quality [6 + quality, 14 + quality]."""
+    writer = RunWriter(run_dir, model=model, total_steps=steps, steps_per_epoch=steps // 2)
+    writer.config(lr=lr)
+    writer.start()
+    for step in range(1, steps + 1):
+        writer.train(step)
+        if step % 20 == 0:
+            writer.eval(step, val_loss=1.5 - step / 100 - quality / 100)
+            writer.eval_responses(step)
+            mean = 30 + step / 2 + quality
+            writer.judged_eval(step, mean, (mean - 5, mean + 5))
+    writer.end("completed", steps, final_val_loss=0.652 - quality / 100)
+    if judge:
+        writer.judge_start()
+        writer.judge_end(50 + quality, (45 + quality, 55 + quality), base_mean=40.0,
+                         difference=(10 + quality, (6 + quality, 14 + quality)))
+    return writer
+
+
+def runs_to_compare(root: Path) -> list[RunWriter]:
+    """Three runs under `root`, newest last: run-a and run-b judged (run-b better, with twice
+    the learning rate), run-c a tiny run still going, not judged."""
+    a = judged_run(root / "run-a", lr=5e-5)
+    b = judged_run(root / "run-b", lr=1e-4, quality=4.0)
+    c = RunWriter(root / "run-c", model="tiny", total_steps=40)
+    c.config(model="tiny")
+    c.start()
+    c.steps(1, 15, eval_every=5)
+    for age, writer in zip((300, 200, 0), (a, b, c)):
+        writer.touch(c.time - age)
+    return [a, b, c]

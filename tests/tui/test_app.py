@@ -11,9 +11,12 @@ from rich.color import Color
 
 from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
                                MARKUP_RESPONSE, MARKUP_RUN_NAME, Clock, following_mid_run, make_app,
-                               markup_run, mid_run, screen_text, settle, wait_for, wait_for_text)
+                               markup_run, mid_run, runs_to_compare, screen_text, settle, wait_for,
+                               wait_for_text)
 from testkit.runs import RunWriter, judge_summary
-from tui.app import DashboardScreen, RunsScreen
+from tui.dashboard import DashboardScreen
+from tui.runs import COLUMNS
+from tui.runs_screen import RunsScreen
 from tui.widgets import LossChart, RunHeader
 
 pytestmark = pytest.mark.anyio
@@ -230,12 +233,14 @@ async def test_runs_list_opens_a_run(tmp_path):
     os.utime(new.metrics, (new.time, new.time))
     app = make_app(tmp_path / "runs", Clock(new.time + 30))
     async with app.run_test(size=(80, 24)) as pilot:
-        await wait_for_text(pilot, "20261124-090000-tiny")
+        await wait_for_text(pilot, "20261125-140000-gpt2-medium")  # the cursor's run, whole
         assert isinstance(app.screen, RunsScreen)
         lines = screen_text(app).splitlines()
-        first = next(i for i, line in enumerate(lines) if "20261125-140000-gpt2-medium" in line)
-        assert lines[first].split()[1:] == ["running", "gpt2-medium", "120/232", "0.700", "30", "s"]
-        assert lines[first + 1].split()[1:5] == ["completed", "tiny", "10/10", "2.158"]
+        assert lines[1].split() == ["run", "model", "status", "steps", "val", "judge", "tuned−base", "duration"]
+        assert lines[2].split() == ["2026112…-medium", "gpt2-medium", "running", "120/232", "-", "-", "-",
+                                    "1:06"]
+        assert lines[3].split() == ["2026112…00-tiny", "tiny", "completed", "10/10", "0.652", "-", "-",
+                                    "6", "s"]
         await pilot.press("down", "enter")
         await wait_for_text(pilot, "step 10/10")
         assert "COMPLETED" in screen_text(app)
@@ -272,11 +277,220 @@ async def test_runs_list_shows_markup_like_names_as_is(tmp_path):
     app = make_app(root, Clock(writer.time))
     async with app.run_test(size=(160, 24)) as pilot:
         await wait_for_text(pilot, MARKUP_RUN_NAME)
-        assert widget_text(app.screen.query_one("#runs-title")).startswith(f"runs in {root}   enter: open")
+        assert widget_text(app.screen.query_one("#runs-title")).startswith(f" runs in {root}")
         row = next(line for line in widget_text(app.screen.query_one("#runs")).splitlines()
                    if MARKUP_RUN_NAME in line)
-        assert row.split(MARKUP_RUN_NAME)[1].split()[:1] == ["failed"]
-        assert f" {MARKUP_MODEL} " in row
+        assert row.split(MARKUP_RUN_NAME)[1].startswith(f" {MARKUP_MODEL} failed ")
         await pilot.press("enter")
         await wait_for_text(pilot, "FAILED")
         assert f"⚠ run failed: {MARKUP_ERROR}" in screen_text(app)
+
+
+# --- issue 12: right from the first frame ------------------------------------------------------
+
+
+def statuses_seen(app, seen: list[str]) -> str:
+    """The header's status badge now, recorded in `seen` when it changes ("" before any)."""
+    words = screen_text(app).splitlines()[0].split()
+    status = words[-1] if words and words[-1].isupper() else ""
+    if not seen or seen[-1] != status:
+        seen.append(status)
+    return status
+
+
+async def test_a_run_dead_for_two_hours_is_stalled_from_the_first_frame(writer):
+    mid_run(writer)
+    writer.touch(writer.time)
+    clock = Clock(writer.time + 7200)  # the dashboard looks two hours after the last write
+    app = make_app(writer.run_dir, clock)
+    async with app.run_test(size=(80, 24)) as pilot:
+        seen = []
+        await wait_for(pilot, lambda: statuses_seen(app, seen) and "step 120/232" in screen_text(app))
+        assert seen[-1] == "STALLED" and "RUNNING" not in seen, seen
+        ranks = widget_text(app.screen.query_one("#ranks-panel")).splitlines()
+        for rank in (0, 1):  # heard two hours ago, by the files' dates
+            row = next(line for line in ranks if f" node{rank} " in line).split()
+            assert row[1:3] == [str(rank), f"node{rank}"] and row[7] == "2:00:00", row
+        assert background(app, "node0") == background(app, "node1") == STRAGGLER_RED  # silent
+        await settle(pilot)
+        assert statuses_seen(app, seen) == "STALLED"
+
+
+async def test_a_run_without_run_start_turns_stalled(tmp_path):
+    writer = RunWriter(tmp_path / "20261125-150000-tiny")
+    writer.heartbeat(0, 0, "tokenize")
+    writer.metrics.write_bytes(b"")  # created, but its run_start never came
+    writer.touch(5000.0)
+    clock = Clock(5000.0)
+    app = make_app(writer.run_dir, clock, stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "WAITING")
+        clock.now = 5121.0
+        await wait_for_text(pilot, "STALLED")
+    writer.touch(5000.0 - 121)  # the same from a first look: dated by the file's mtime
+    app = make_app(writer.run_dir, Clock(5000.0), stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        seen = []
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "STALLED")
+        assert "WAITING" not in seen, seen
+
+
+async def test_lines_of_an_unknown_version_are_counted_apart_in_the_bottom_bar(writer):
+    async with following_mid_run(writer) as (app, pilot):
+        newer = [{"v": 2, "type": "train", "time": writer.time + 1, "step": 121, "loss": 0.1, "total": 999},
+                 {"v": 2, "type": "run_end", "time": writer.time + 2, "status": "completed", "step": 121}]
+        with open(writer.metrics, "ab") as f:
+            f.write(b"".join(orjson.dumps(event) + b"\n" for event in newer))
+        await wait_for_text(pilot, "unknown v lines: 2")
+        await settle(pilot)
+        text = screen_text(app)
+        assert "step 120/232" in text and "RUNNING" in text and "━ train 0.700" in text
+        assert "corrupt" not in text
+
+
+async def test_ranks_of_an_earlier_attempt_with_more_ranks_are_not_listed(writer):
+    writer.start()
+    writer.steps(1, 20)
+    writer.heartbeat(0, 20, "backward")
+    writer.heartbeat(1, 20, "backward")
+    writer.end("interrupted", 20)
+    writer.world_size = 1  # resumed on one rank: rank-1.jsonl stays, silent
+    writer.start(resumed_from_step=20)
+    writer.steps(21, 25)
+    writer.heartbeat(0, 25, "forward")
+    writer.touch(writer.time)
+    os.utime(writer.rank_file(1), (writer.time - 600, writer.time - 600))  # silent for 10 minutes
+    app = make_app(writer.run_dir, Clock(writer.time))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "step 25/232")
+        await settle(pilot)
+        ranks = widget_text(app.screen.query_one("#ranks-panel"))
+        assert "node0" in ranks and "node1" not in ranks
+        assert "⚠" not in screen_text(app)  # no straggler alert for rank 1
+
+
+async def test_waiting_phases_are_shown_as_waiting_and_never_stragglers(writer):
+    # Ranks 0-1 on one node, 2-3 on another; each node's local rank 0 builds its token cache.
+    writer.world_size = 4
+    writer.start()
+    writer.heartbeat(0, 0, "tokenize", phase_for=300.0)
+    writer.heartbeat(1, 0, "wait_tokenize", phase_for=300.0)
+    writer.heartbeat(2, 0, "backward", phase_for=200.0)  # the other node is done: in a collective
+    writer.heartbeat(3, 0, "backward", phase_for=200.0)
+    writer.touch(writer.time)
+    app = make_app(writer.run_dir, Clock(writer.time), stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "waiting: tokenize")
+        await settle(pilot)
+        ranks = widget_text(app.screen.query_one("#ranks-panel")).splitlines()
+        row = next(line for line in ranks if "node1 " in line)
+        assert "waiting: tokenize" in row and "5:00" in row
+        assert "tokenize" in next(line for line in ranks if "node0 " in line)
+        for host in ("node0", "node1", "node2", "node3"):
+            assert background(app, host) != STRAGGLER_RED
+        assert "⚠" not in screen_text(app)
+
+
+# --- issue 17: quality over steps, runs side by side --------------------------------------------
+
+
+async def test_judge_panel_charts_judged_evals_beside_val_loss_and_the_final_verdict(writer):
+    writer.start()
+    for step in (20, 40, 60):
+        writer.steps(step - 19, step)
+        writer.eval(step)
+        writer.eval_responses(step)
+        if step < 60:  # the judge has not scored step 60's responses yet
+            writer.judged_eval(step, 30 + step / 2, (25 + step / 2, 35 + step / 2))
+    app = make_app(writer.run_dir, Clock(writer.time))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "step 60/232")
+        await pilot.press("tab", "tab", "tab")
+        panel = app.screen.query_one("#judge-panel")
+        await wait_for(pilot, lambda: "judged evals 2" in widget_text(panel))
+        lines = [line[2:-1].rstrip() for line in widget_text(panel).splitlines()[1:-1]]
+        assert lines[0] == "judged evals 2 (1 waiting for the judge)  step 40: 50.00 [45.0, 55.0]"
+        assert lines[1] == "no judge of the test responses yet"
+        assert lines[2].split() == ["━", "val", "loss", "━", "judge", "mean", "┃", "95%", "CI"]
+        judge_axis = [line[39:].split()[0] for line in lines[3:7] if line[39:].split()[:1] != [""]]
+        assert [label for label in judge_axis if label[0].isdigit()] == ["55", "35"]  # the CIs' ends
+        assert lines[7].split() == ["20", "step", "60", "20", "step", "60"]  # the same steps
+        writer.judged_eval(60, 60.0, (55.0, 65.0))
+        await wait_for(pilot, lambda: "judged evals 3  step 60: 60.00 [55.0, 65.0]" in widget_text(panel))
+        writer.end("completed", 60)
+        writer.judge_start()
+        await wait_for(pilot, lambda: "judging the test responses with llama3 (ollama)…" in widget_text(panel))
+        writer.judge_end()
+        await wait_for(pilot, lambda: "final 51.75 [47.2, 56.3]  base 38.10  tuned − base +13.60 [9.8, 17.5]"
+                       in widget_text(panel))
+
+
+async def test_runs_list_shows_quality_and_sorts_by_any_column(tmp_path):
+    runs_to_compare(tmp_path / "runs")
+    app = make_app(tmp_path / "runs", Clock(0.0))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "run-a")
+        table = widget_text(app.screen.query_one("#runs")).splitlines()
+        assert table[0].split() == ["run", "model", "status", "steps", "val", "judge", "tuned−base", "duration"]
+        assert [line.split() for line in table[1:4]] == [
+            ["run-c", "tiny", "running", "15/40", "-", "-", "-", "9", "s"],
+            ["run-b", "gpt2-medium", "completed", "60/60", "0.612", "54.0±5.0", "+14.0±4.0", "33", "s"],
+            ["run-a", "gpt2-medium", "completed", "60/60", "0.652", "50.0±5.0", "+10.0±4.0", "33", "s"],
+        ]
+
+        async def order_after(key: str) -> list[str]:
+            await pilot.press(key)
+            lines = widget_text(app.screen.query_one("#runs")).splitlines()
+            return [line.split()[0] for line in lines[1:4]]
+
+        assert await order_after("5") == ["run-b", "run-a", "run-c"]  # val, lowest first, unknown last
+        assert "val ▲" in screen_text(app)
+        assert await order_after("5") == ["run-a", "run-b", "run-c"]  # again: reversed
+        assert "val ▼" in screen_text(app)
+        assert await order_after("6") == ["run-a", "run-b", "run-c"]  # judge mean
+        assert await order_after("1") == ["run-a", "run-b", "run-c"]  # name
+        assert await order_after("3") == ["run-a", "run-b", "run-c"]  # status
+        assert await order_after("8") == ["run-c", "run-a", "run-b"]  # duration
+        await pilot.press("question_mark")
+        await wait_for_text(pilot, "Sort by a column")
+        help_text = screen_text(app)
+        for i, column in enumerate(COLUMNS):
+            assert f" {i + 1} {column.title} " in help_text
+
+
+async def test_selected_runs_open_a_comparison(tmp_path):
+    runs_to_compare(tmp_path / "runs")
+    app = make_app(tmp_path / "runs", Clock(0.0))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for_text(pilot, "run-a")
+        await pilot.press("down", "space", "c")  # one run is not a comparison
+        await wait_for_text(pilot, "select two or more runs with space, then press c")
+        await pilot.press("down", "space")
+        await wait_for_text(pilot, "2 selected")
+        assert [line.split()[0] for line in screen_text(app).splitlines()[2:5]] == ["run-c", "●", "●"]
+        await pilot.press("c")
+        await wait_for_text(pilot, "comparing 2 runs")
+        await wait_for_text(pilot, "lr")
+        await settle(pilot)
+        lines = screen_text(app).splitlines()
+        assert lines[1].split() == ["run", "status", "val", "judge", "tuned−base"]
+        assert lines[2].split() == ["━", "1", "run-b", "completed", "0.612", "54.0±5.0", "+14.0±4.0"]
+        assert lines[3].split() == ["━", "2", "run-a", "completed", "0.652", "50.0±5.0", "+10.0±4.0"]
+        assert "Validation loss" in lines[4] and "Judge mean score" in lines[4]
+        judge_chart = [line.split("│")[3].split() for line in lines[5:12]]
+        judge_axis = [words[0] for words in judge_chart if words and words[0][0].isdigit()]
+        assert judge_axis == ["64", "52", "40"]  # both runs' means: 40 (run-a, step 20) .. 64 (run-b, step 60)
+        config = [line.strip("│ ") for line in widget_text(app.screen.query_one("#config-panel")).splitlines()]
+        assert config[1].split() == ["config", "key", "1", "2"]
+        assert config[2].split() == ["lr", "0.0001", "5e-05"]  # the only key that differs
+        assert "model" not in " ".join(config[3:])
+        segments = [segment for strip in app.screen._compositor.render_strips() for segment in strip
+                    if segment.style and segment.style.color]
+        legend = [next(s.style.color for s in segments if s.text.startswith(f"━ {n}")) for n in (1, 2)]
+        dots = {s.style.color for s in segments if any("⠁" <= ch <= "⣿" for ch in s.text)}
+        assert legend[0] != legend[1] and set(legend) <= dots  # each run in its colour, legend and charts
+        await pilot.press("t")
+        await wait_for_text(pilot, "Train loss (ema)")
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: isinstance(app.screen, RunsScreen))
+        assert "2 selected" in screen_text(app)

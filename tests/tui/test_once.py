@@ -12,7 +12,8 @@ import orjson
 
 from testkit.paths import REPO
 from tests.tui.conftest import (MARKUP_ALERT, MARKUP_ERROR, MARKUP_HOST, MARKUP_JUDGE, MARKUP_MODEL,
-                                MARKUP_RESPONSE, MARKUP_RUN_NAME, markup_run, mid_run)
+                                MARKUP_RESPONSE, MARKUP_RUN_NAME, judged_run, markup_run, mid_run,
+                                runs_to_compare)
 from testkit.runs import RunWriter, judge_summary
 from tui.once import read_run, run_summary
 from tui.state import Thresholds
@@ -21,11 +22,6 @@ from tui.state import Thresholds
 def once(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "tui", "--once", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=60)
-
-
-def touch(writer: RunWriter, when: float) -> None:
-    for path in [writer.metrics, *writer.run_dir.glob("ranks/*.jsonl")]:
-        os.utime(path, (when, when))
 
 
 def test_once_prints_the_run(writer):
@@ -49,7 +45,7 @@ def test_once_prints_the_run(writer):
 
 def test_once_says_stalled_and_names_silent_ranks(writer):
     mid_run(writer)
-    touch(writer, time.time() - 600)
+    writer.touch(time.time() - 600)
     result = once(writer.run_dir, "--stall-after", 300)
     assert "status    stalled" in result.stdout.splitlines()
     rows = [line for line in result.stdout.splitlines() if "node" in line and "silent" in line]
@@ -100,7 +96,7 @@ def test_once_lists_runs_with_markup_like_names(tmp_path):
     result = once(tmp_path / "runs")
     assert result.returncode == 0, result.stderr
     row = result.stdout.splitlines()[1]
-    assert re.split(" {2,}", row)[:4] == [MARKUP_RUN_NAME, "failed", MARKUP_MODEL, "20/232"]
+    assert re.split(" {2,}", row)[:4] == [MARKUP_RUN_NAME, MARKUP_MODEL, "failed", "20/232"]
 
 
 def test_once_lists_runs(tmp_path):
@@ -112,10 +108,10 @@ def test_once_lists_runs(tmp_path):
     result = once(tmp_path / "runs")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["run", "status", "model", "step", "loss", "age"]
-    assert sorted(line.split()[:4] for line in lines[1:]) == [
-        ["20261124-090000-tiny", "completed", "tiny", "4/10"],
-        ["20261125-090000-tiny", "interrupted", "tiny", "4/10"],
+    assert lines[0].split() == ["run", "model", "status", "steps", "val", "judge", "tuned−base", "duration"]
+    assert sorted(line.split() for line in lines[1:]) == [
+        ["20261124-090000-tiny", "tiny", "completed", "4/10", "0.652", "-", "-", "3", "s"],
+        ["20261125-090000-tiny", "tiny", "interrupted", "4/10", "-", "-", "-", "3", "s"],
     ]
 
 
@@ -134,3 +130,50 @@ def test_imports_nothing_from_the_trainer_torch_or_deepspeed():
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "[]\n"
+
+
+def test_once_lists_only_the_current_attempts_ranks(writer):
+    writer.start()
+    writer.steps(1, 20)
+    writer.heartbeat(0, 20, "backward")
+    writer.heartbeat(1, 20, "backward")
+    writer.end("interrupted", 20)
+    writer.world_size = 1  # resumed on one rank
+    writer.start(resumed_from_step=20)
+    writer.steps(21, 22)
+    writer.heartbeat(0, 22, "export", phase_for=1.0)
+    writer.touch(time.time())
+    os.utime(writer.rank_file(1), (time.time() - 3600, time.time() - 3600))
+    result = once(writer.run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    ranks = lines[lines.index("ranks") + 1 : lines.index("ranks") + 3]
+    assert ranks[0].split()[:3] == ["rank", "host", "phase"]
+    assert ranks[1].split()[:3] == ["0", "node0", "export"]
+    assert "node1" not in result.stdout
+
+
+def test_once_prints_quality(tmp_path):
+    run = judged_run(tmp_path / "20261125-140000-gpt2-medium")
+    result = once(run.run_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    start = lines.index("judge     judged evals 3  step 60: 60.00 [55.0, 65.0]")
+    assert lines[start + 1] == "          final 50.00 [45.0, 55.0]  base 40.00  tuned − base +10.00 [6.0, 14.0]"
+    section = lines.index("judged evaluations (last 8)")
+    assert lines[section + 1 : section + 4] == ["  step     20  40.00 [35.0, 45.0]",
+                                                "  step     40  50.00 [45.0, 55.0]",
+                                                "  step     60  60.00 [55.0, 65.0]"]
+    assert "instruction-data-with-response.scored.summary.json" in lines  # its details follow
+
+
+def test_once_lists_runs_with_quality(tmp_path):
+    runs_to_compare(tmp_path / "runs")
+    result = once(tmp_path / "runs")
+    assert result.returncode == 0, result.stderr
+    assert [line.split() for line in result.stdout.splitlines()] == [
+        ["run", "model", "status", "steps", "val", "judge", "tuned−base", "duration"],
+        ["run-c", "tiny", "stalled", "15/40", "-", "-", "-", "9", "s"],  # dated long ago
+        ["run-b", "gpt2-medium", "completed", "60/60", "0.612", "54.0±5.0", "+14.0±4.0", "33", "s"],
+        ["run-a", "gpt2-medium", "completed", "60/60", "0.652", "50.0±5.0", "+10.0±4.0", "33", "s"],
+    ]

@@ -9,7 +9,8 @@ import pytest
 
 from testkit.paths import REPO
 from tests.tui.conftest import Clock, make_app, screen_text, wait_for
-from tui.app import DashboardScreen
+from tui.follow import Skipped
+from tui.dashboard import DashboardScreen
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
@@ -52,4 +53,4 @@ async def test_follows_a_real_two_rank_run_to_completed(tmp_path):
         assert [b.step for b in state.series["loss"].points()] == list(range(1, MAX_STEPS + 1))
         assert state.series["val_loss"].points() and state.samples
         assert sorted(state.heartbeats) == [0, 1]
-        assert state.corrupt_lines() == 0
+        assert state.skipped() == Skipped()

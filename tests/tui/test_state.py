@@ -1,4 +1,4 @@
-"""RunState: status, resumes, downsampled series, stragglers, malformed fields."""
+"""RunState: status, resumes, downsampled series, stragglers, malformed fields, judge results."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from testkit.runs import RunWriter
-from tui.follow import RunFollower
+from testkit.runs import RunWriter, judge_summary
+from tui.follow import RunFollower, Skipped
+from tui.quality import FINAL_SUMMARY, Estimate, FinalJudge
 from tui.series import Series
 from tui.state import RunState, Thresholds
 
@@ -27,6 +28,7 @@ def test_status_follows_the_run(writer):
     assert state.status(1000.0) == "waiting"
     writer.start()
     writer.steps(1, 3)
+    writer.touch(1000.0)
     read(writer.run_dir, 1000.0, state, follower)
     assert state.status(1000.0 + 120) == "running"
     assert state.status(1000.0 + 121) == "stalled"
@@ -120,6 +122,7 @@ def test_silent_rank_is_a_straggler(writer):
     writer.steps(1, 5)
     writer.heartbeat(0, 5, "backward")
     writer.heartbeat(1, 5, "backward")
+    writer.touch(1000.0)
     follower = RunFollower(writer.run_dir, clock=lambda: 1000.0)
     state = RunState(Thresholds(stall_after_s=60))
     state.apply_poll(follower.poll(), 1000.0)
@@ -148,6 +151,7 @@ def test_phase_duration_adds_our_time_since_heard(writer):
     writer.start()
     writer.heartbeat(0, 0, "forward", phase_for=100.0)
     writer.heartbeat(1, 0, "backward", phase_for=100.0)
+    writer.touch(1000.0)
     assert rows(writer, 1000.0) == {0: None, 1: None}
     state = read(writer.run_dir, 1000.0)
     row = state.rank_rows(1030.0)[0]
@@ -185,4 +189,88 @@ def test_malformed_fields_do_not_crash(writer):
     assert state.step() == 2 and state.total_steps() is None
     assert state.series["loss"].points() == [] and state.series["lr"].points() == []
     assert state.log[-1].text == "alert: "
-    assert state.events_read == 6 and state.corrupt_lines() == 0
+    assert state.events_read == 6 and state.skipped() == Skipped()
+
+
+def test_solo_work_and_waiting_for_it_are_never_stuck(writer):
+    writer.world_size = 3
+    writer.start()
+    writer.heartbeat(0, 10, "convert", phase_for=400.0)  # rank 0 converts the checkpoint
+    writer.heartbeat(1, 10, "wait_convert", phase_for=400.0)
+    writer.heartbeat(2, 10, "step", phase_for=400.0)
+    assert rows(writer, 1000.0) == {0: None, 1: None, 2: None}
+    writer.heartbeat(1, 10, "forward", phase_for=400.0)  # a real hang is still found
+    assert rows(writer, 1000.0) == {0: None, 1: "stuck in forward 6:40", 2: None}
+
+
+def test_only_the_latest_attempts_ranks_count(writer):
+    writer.world_size = 4
+    writer.start()
+    writer.steps(1, 10)
+    for rank in range(4):
+        writer.heartbeat(rank, 10, "backward")
+    with open(writer.rank_file(3), "ab") as f:
+        f.write(b"{corrupt\n")
+    writer.world_size = 2  # resumed on two ranks
+    writer.start(resumed_from_step=10)
+    writer.heartbeat(0, 10, "forward")
+    writer.heartbeat(1, 2, "forward")  # far behind: still a straggler
+    state = read(writer.run_dir, 1000.0, state=RunState(Thresholds(behind_steps=5)))
+    assert sorted(state.heartbeats) == [0, 1, 2, 3]  # read, but not listed
+    assert {row.rank: row.straggler for row in state.rank_rows(1000.0)} == {0: None, 1: "8 steps behind"}
+    assert state.skipped() == Skipped()  # rank 3's corrupt line is an earlier attempt's
+
+
+def scores(state: RunState) -> list[tuple[int, float, tuple[float, float] | None]]:
+    return [(step, score.mean, score.ci95) for step, score in state.eval_scores()]
+
+
+def test_judged_evaluations_over_steps(writer):
+    writer.start()
+    for step in (10, 20, 30):
+        writer.steps(step - 9, step)
+        writer.eval_responses(step)
+    writer.judged_eval(20, 45.0, (40.0, 50.0))
+    writer.judged_eval(10, 40.0, (35.0, 45.0))
+    (writer.run_dir / "evals" / "step-x.scored.summary.json").write_bytes(orjson.dumps(judge_summary()))
+    state = read(writer.run_dir, 0.0)
+    assert scores(state) == [(10, 40.0, (35.0, 45.0)), (20, 45.0, (40.0, 50.0))]
+    assert state.judge_pending() == 1  # step 30's responses wait for the judge
+    assert state.final_judge() is None and state.judge_start is None
+    writer.end("interrupted", 30)
+    writer.start(resumed_from_step=20)  # step 30 is replayed: its responses will come again
+    state = read(writer.run_dir, 0.0)
+    assert state.eval_responses == [10, 20] and state.judge_pending() == 0
+
+
+def test_final_verdict_from_judge_end_or_the_summary(writer):
+    writer.start()
+    writer.steps(1, 5)
+    writer.end("completed", 5)
+    writer.judge_start()
+    state = read(writer.run_dir, 0.0)
+    assert state.judge_start["model"] == "llama3" and state.final_judge() is None
+    writer.judge_end(summary=False)  # only the event says how it went
+    final = read(writer.run_dir, 0.0).final_judge()
+    assert final == FinalJudge(tuned=Estimate(51.75, (47.2, 56.3)), base=Estimate(38.1, None),
+                               difference=Estimate(13.6, (9.8, 17.5), 110), judge="", error="", command="")
+    assert (final.tuned.text(), final.tuned.short()) == ("51.75 [47.2, 56.3]", "51.8±4.5")
+    assert (final.difference.text(signed=True), final.difference.short(signed=True)) == ("+13.60 [9.8, 17.5]",
+                                                                                        "+13.6±3.8")
+
+
+def test_a_failed_judge_and_a_summary_written_later_by_hand(writer):
+    writer.start()
+    writer.end("completed", 0)
+    writer.judge_start()
+    writer.judge_failed("connection error: gpu-box:11434", "python -m judge score runs/x/y.json")
+    state = read(writer.run_dir, 0.0)
+    final = state.final_judge()
+    assert (final.tuned, final.error, final.command) == (
+        None, "connection error: gpu-box:11434", "python -m judge score runs/x/y.json")
+    assert state.log[-1].text == "judge failed: connection error: gpu-box:11434"
+    summary = judge_summary(60.0, (55.0, 65.0), base=(50.0, (45.0, 55.0)), difference=(10.0, (7.0, 13.0)))
+    (writer.run_dir / FINAL_SUMMARY).write_bytes(orjson.dumps(summary))  # the command, run later
+    final = read(writer.run_dir, 0.0).final_judge()
+    assert final == FinalJudge(tuned=Estimate(60.0, (55.0, 65.0)), base=Estimate(50.0, (45.0, 55.0)),
+                               difference=Estimate(10.0, (7.0, 13.0), 110), judge="llama3", error="", command="")

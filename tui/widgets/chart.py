@@ -1,4 +1,5 @@
-"""Train and validation loss against step, drawn with braille dots (2x4 dots per cell).
+"""Line charts against step, drawn with braille dots (2x4 dots per cell), and the loss panel:
+train and validation loss.
 
 Hand-drawn rather than textual-plotext (which pins plotext<6): a line chart is a few dozen
 lines. Points are first reduced to one vertical span per dot column, so the cost of a redraw
@@ -28,6 +29,8 @@ class Line:
     steps: list[float]
     values: list[float]
     style: str
+    # An interval at each point (a 95% CI), drawn as a dim vertical bar under the line.
+    intervals: list[tuple[float, float] | None] | None = None
 
 
 def ema(values: list[float], weight: float = EMA_WEIGHT) -> list[float]:
@@ -40,19 +43,29 @@ def ema(values: list[float], weight: float = EMA_WEIGHT) -> list[float]:
     return smoothed
 
 
-def draw_chart(lines: list[Line], width: int, height: int, log_y: bool) -> list[Text]:
-    """`height` rows of `width` cells: a y axis, the plot and a row of step labels."""
+def draw_chart(lines: list[Line], width: int, height: int, log_y: bool = False,
+               empty: str = "waiting for the first step",
+               x_range: tuple[float, float] | None = None) -> list[Text]:
+    """`height` rows of `width` cells: a y axis, the plot and a row of step labels. The steps
+    span `x_range` when given (charts side by side share it), else the lines' own."""
     plot_w, plot_h = width - Y_LABEL_WIDTH, height - 1
     if plot_w < 4 or plot_h < 1:
         return [Text("") for _ in range(max(height, 0))]
     transform = (lambda v: math.log10(v)) if log_y else (lambda v: v)
     points = [[(s, transform(v)) for s, v in zip(line.steps, line.values) if v > 0 or not log_y]
               for line in lines]
+    bars: list[list[tuple[float, float, float]]] = []  # (step, low, high) per line
+    for line in lines:
+        intervals = zip(line.steps, line.intervals or [])
+        bars.append([(s, transform(i[0]), transform(i[1])) for s, i in intervals
+                     if i is not None and (i[0] > 0 or not log_y)])
     everything = [p for line_points in points for p in line_points]
     if not everything:
-        return [Text("waiting for the first step", style="dim")] + [Text("")] * (height - 1)
-    x_lo, x_hi = min(p[0] for p in everything), max(p[0] for p in everything)
-    y_lo, y_hi = min(p[1] for p in everything), max(p[1] for p in everything)
+        return [Text(empty, style="dim")] + [Text("")] * (height - 1)
+    x_lo, x_hi = x_range or (min(p[0] for p in everything), max(p[0] for p in everything))
+    bounds = [p[1] for p in everything]
+    bounds += [y for line_bars in bars for _, lo, hi in line_bars for y in (lo, hi)]
+    y_lo, y_hi = min(bounds), max(bounds)
     if y_hi - y_lo < 1e-9:
         y_lo, y_hi = y_lo - 0.5, y_hi + 0.5
     x_span = max(x_hi - x_lo, 1e-9)
@@ -65,12 +78,21 @@ def draw_chart(lines: list[Line], width: int, height: int, log_y: bool) -> list[
         bits[row][col] |= BRAILLE_BITS[y % 4][x % 2]
         styles[row][col] = style
 
+    def dot_x(s: float) -> int:
+        return max(0, min(dots_w - 1, int((s - x_lo) / x_span * (dots_w - 1) + 0.5)))
+
+    def dot_y(v: float) -> int:
+        return max(0, min(dots_h - 1, int((y_hi - v) / (y_hi - y_lo) * (dots_h - 1) + 0.5)))
+
+    for line, line_bars in zip(lines, bars):  # under every line
+        for s, lo, hi in line_bars:
+            for y in range(dot_y(hi), dot_y(lo) + 1):
+                dot(dot_x(s), y, f"dim {line.style}")
     for line, line_points in zip(lines, points):
         # One (first, last, low, high) span of dot rows per dot column.
         columns: dict[int, list[int]] = {}
         for s, v in line_points:
-            x = min(dots_w - 1, int((s - x_lo) / x_span * (dots_w - 1) + 0.5))
-            y = min(dots_h - 1, int((y_hi - v) / (y_hi - y_lo) * (dots_h - 1) + 0.5))
+            x, y = dot_x(s), dot_y(v)
             span = columns.get(x)
             if span is None:
                 columns[x] = [y, y, y, y]
@@ -97,7 +119,8 @@ def draw_chart(lines: list[Line], width: int, height: int, log_y: bool) -> list[
         labelled_rows[(plot_h - 1) // 2] = y_label((y_hi + y_lo) / 2)
     rows = []
     for r in range(plot_h):
-        text = Text(labelled_rows.get(r, " " * Y_LABEL_WIDTH), style="dim")
+        text = Text()
+        text.append(labelled_rows.get(r, " " * Y_LABEL_WIDTH), style="dim")  # not the lines
         for c in range(plot_w):
             text.append(chr(0x2800 + bits[r][c]), style=styles[r][c] or "")
         rows.append(text)

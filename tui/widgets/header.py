@@ -32,7 +32,7 @@ class RunHeader(Widget):
     def __init__(self, run_name: str, **kwargs):
         super().__init__(**kwargs)
         self.run_name = run_name
-        self.status = "waiting"
+        self.status = ""  # none until the files have been read once
         self.description = ""
         self.step = 0
         self.total: int | None = None
@@ -53,7 +53,7 @@ class RunHeader(Widget):
         line1 = Text(self.run_name, style="bold")
         if self.description:
             line1.append("  " + self.description)
-        badge = f" {self.status.upper()} "
+        badge = f" {self.status.upper()} " if self.status else ""
         line1.truncate(max(0, width - len(badge) - 1), overflow="ellipsis")
         line1.append(" " * max(1, width - len(line1) - len(badge)))
         line1.append(badge, style=STATUS_STYLES.get(self.status, "bold"))

@@ -7,9 +7,16 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui.format import format_bytes, format_duration, format_percent, literal
-from tui.state import RankRow, RunState
+from tui.state import WAITING_PREFIX, RankRow, RunState
 
 WIDE = 100  # from this width on, a column says why a rank is a straggler
+
+
+def phase_label(phase: str) -> str:
+    """`wait_export` reads `waiting: export`."""
+    if phase.startswith(WAITING_PREFIX):
+        return f"waiting: {phase[len(WAITING_PREFIX):]}"
+    return phase
 
 
 def ranks_table(rows: list[RankRow], width: int) -> Table | Text:
@@ -29,8 +36,8 @@ def ranks_table(rows: list[RankRow], width: int) -> Table | Text:
             mem = f"{format_bytes(row.gpu_mem_used_bytes)}/{format_bytes(row.gpu_mem_total_bytes)}"
         else:
             util, mem = format_percent(row.cpu_percent), format_bytes(row.rss_bytes)
-        cells = [str(row.rank), row.host, row.phase, format_duration(row.phase_for_s), str(row.step),
-                 str(row.steps_behind), format_duration(row.since_heard_s), util, mem]
+        cells = [str(row.rank), row.host, phase_label(row.phase), format_duration(row.phase_for_s),
+                 str(row.step), str(row.steps_behind), format_duration(row.since_heard_s), util, mem]
         if width >= WIDE:
             cells.append(row.straggler or "")  # names the phase, which the rank wrote
         table.add_row(*map(literal, cells), style="bold white on dark_red" if row.straggler else None)

@@ -1,34 +1,44 @@
-"""One line at the bottom: the keys, then counters (corrupt lines, paused, events read)."""
+"""One line at the bottom: the screen's keys, then counters (lines skipped, paused, events read;
+runs selected)."""
 
 from __future__ import annotations
 
 from rich.text import Text
 from textual.widget import Widget
 
-KEYS = (("q", "quit"), ("p", "pause"), ("s", "smooth"), ("l", "log"), ("tab", "panel"), ("?", "help"))
+from tui.follow import Skipped
+
+WARNING = "bold black on yellow"
+
+
+def counters(events_read: int, skipped: Skipped, paused: bool) -> Text:
+    """A followed run's counters: what was skipped and why, paused, events read."""
+    text = Text()
+    if skipped.corrupt:
+        text.append(f" corrupt lines: {skipped.corrupt} ", style=WARNING)
+    if skipped.unknown_version:  # written by a newer trainer: this dashboard cannot read them
+        text.append(f" unknown v lines: {skipped.unknown_version} ", style=WARNING)
+    if paused:
+        text.append(" PAUSED ", style=WARNING)
+    return text.append(f" {events_read} events ", style="dim")
 
 
 class StatusBar(Widget):
     DEFAULT_CSS = "StatusBar { height: 1; background: $panel; }"
 
-    def __init__(self, **kwargs):
+    def __init__(self, keys: tuple[tuple[str, str], ...], **kwargs):
         super().__init__(**kwargs)
+        self.keys = keys  # (key, what it does)
         self.right = Text("")
 
-    def show(self, events_read: int, corrupt: int, paused: bool) -> None:
-        right = Text()
-        if corrupt:
-            right.append(f" corrupt lines: {corrupt} ", style="bold black on yellow")
-        if paused:
-            right.append(" PAUSED ", style="bold black on yellow")
-        right.append(f" {events_read} events ", style="dim")
+    def show(self, right: Text) -> None:
         if right.plain != self.right.plain:
             self.right = right
             self.refresh()
 
     def render(self) -> Text:
         left = Text()
-        for key, action in KEYS:
+        for key, action in self.keys:
             left.append(f" {key}", style="bold")
             left.append(f" {action}")
         left.truncate(max(0, self.size.width - len(self.right)))

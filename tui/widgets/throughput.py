@@ -7,7 +7,8 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tui.format import format_count
-from tui.state import RunState, number
+from tui.fields import number
+from tui.state import RunState
 from tui.widgets.base import FollowsState
 
 SPARK_LEVELS = "▁▂▃▄▅▆▇█"
