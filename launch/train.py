@@ -36,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     a = p.add_argument_group("model and data")
-    a.add_argument("--model", default=DEFAULTS.model, choices=["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny"])
+    a.add_argument("--model", default=None, choices=["gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny"],
+                   help="preset (default: what the weights' config.json says; gpt2-medium with --weights auto or none)")
     a.add_argument("--weights", default=DEFAULTS.weights, help="auto (download pretrained), none (random) or a path: model.safetensors, its directory, or a .pth")
     a.add_argument("--data", default=DEFAULTS.data, help="instruction file (JSON list or JSONL), local path or http(s) URL")
     a.add_argument("--tokenizer-dir", default=None, help="directory with GPT-2's encoder.json and vocab.bpe (offline use); or set GPT2_TOKENIZER_DIR")

@@ -23,14 +23,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/exports/global_step<N>")
     args = parser.parse_args(argv)
     try:
-        model, name, tag = model_from_checkpoint(args.run_dir, args.step)
+        model, tag = model_from_checkpoint(args.run_dir, args.step)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     out = args.out or args.run_dir / "exports" / tag
-    export_chapter_pth(model, out / chapter_filename(name))
+    pth = out / chapter_filename(model.config)
+    export_chapter_pth(model, pth)
     export_hf(model, out / "hf")
-    print(f"{tag}: wrote {out / chapter_filename(name)} and {out / 'hf'}")
+    print(f"{tag}: wrote {pth} and {out / 'hf'}")
     return 0
 
 

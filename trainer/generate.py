@@ -89,7 +89,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("instruction", nargs="?", help="the instruction; without it, read instructions from stdin")
     parser.add_argument("--input", default="", help="the instruction's input text, if any")
     parser.add_argument("--weights", required=True, help="a .pth (the chapter's or this project's), a HF model.safetensors or its directory")
-    parser.add_argument("--model", default="gpt2-medium", choices=list(PRESETS), help="model size (default: gpt2-medium)")
+    parser.add_argument("--model", default=None, choices=list(PRESETS),
+                        help="preset, needed only where no config.json beside the weights says what they are "
+                             "(a bare .pth); with --weights auto, which to download (default: gpt2-medium)")
     parser.add_argument("--tokenizer-dir", help="directory with GPT-2's encoder.json and vocab.bpe (offline)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 (default) picks the most likely token")
     parser.add_argument("--top-k", type=int, help="sample among the k most likely tokens only")

@@ -215,7 +215,7 @@ def test_resume_on_one_rank_after_two(tmp_path, no_leftovers):
 def test_resume_refuses_a_different_run(reference, tmp_path):
     cases = [
         (["--global-batch", "16"], "cannot resume with a different --global-batch: the run has 8, now 16"),
-        (["--model", "gpt2-small"], "cannot resume with a different --model: the run has tiny, now gpt2-small"),
+        (["--model", "gpt2-small"], "cannot resume with another model: the run trains tiny (a GPT-2 of emb_dim 64, "),
     ]
     changed = tmp_path / "data.json"
     changed.write_bytes(Path(TINY[5]).read_bytes().replace(b"friend", b"fiend", 1))

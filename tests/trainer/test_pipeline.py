@@ -296,3 +296,26 @@ def test_logged_rates_and_clipping_are_the_ones_the_updates_used(tmp_path):
     assert min(norms) > clip  # every step was clipped
     trained = load_model("tiny", str(out / "tiny-sft.pth"))[0].state_dict()
     assert max(float((trained[k] - expected[k]).abs().max()) for k in expected) <= 2e-6
+
+
+def test_a_non_preset_model_trains_and_is_named_by_its_size(tmp_path):
+    """A 6-layer GPT-2 (no preset) given by its files alone: the run names it by size as the chapter
+    would (run_start.model, the .pth), records its architecture, and every command reads it back
+    without --model."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_embd=64, n_layer=6, n_head=4)).save_pretrained(tmp_path / "six")
+    out = tmp_path / "run"
+    args = [a for a in TINY if a not in ("--model", "tiny")]
+    args[args.index("--weights") + 1] = str(tmp_path / "six")
+    code, log = train([*args, "--max-steps", "2", "--eval-every", "0", "--max-new-tokens", "4", "--out", str(out)])
+    assert code == 0, log[-3000:]
+    assert events(out)[0]["model"] == "gpt2-4M" and events(out)[-1]["status"] == "completed"
+    config = orjson.loads((out / "config.json").read_bytes())
+    assert config["model"] == "gpt2-4M" and config["architecture"]["n_layers"] == 6
+    assert (out / "gpt2-4M-sft.pth").is_file()
+    answer = subprocess.run([sys.executable, "-m", "trainer.generate", "--weights", str(out / "gpt2-4M-sft.pth"),
+                             "--tokenizer-dir", str(TINY[7]), "--max-new-tokens", "3", "Say hi."],
+                            capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert answer.returncode == 0, answer.stderr

@@ -202,7 +202,7 @@ def test_hub_layout(tmp_path):
     assert (info.format, info.sha256) == ("hf-hub", sha256_file(path))
     assert_tied(model, True)
     assert_same_outputs(model, hf_logits(hf))
-    with pytest.raises(ValueError, match=r"no config\.json beside it to give the architecture: pass --model$"):
+    with pytest.raises(ValueError, match=r"no config\.json beside it says what the model is: pass --model \(one of gpt2-small,"):
         load_model(None, str(path))
 
 
@@ -243,7 +243,7 @@ def assert_equal_states(a: nn.Module, b: nn.Module) -> None:
 @pytest.mark.parametrize("tied", [True, False])
 def test_chapter_export_loads_in_the_chapters_model(tmp_path, tied):
     model = our_model(tied)
-    path = tmp_path / chapter_filename("tiny")
+    path = tmp_path / chapter_filename(TINY)
     export_chapter_pth(model, path)
 
     chapter = ChapterGPTModel(TINY)
@@ -286,7 +286,7 @@ def test_project_pth_round_trip(tmp_path, tied):
 
 
 def test_chapter_filenames():
-    names = {m: chapter_filename(m) for m in ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny")}
+    names = {m: chapter_filename(preset(m)) for m in ("gpt2-small", "gpt2-medium", "gpt2-large", "gpt2-xl", "tiny")}
     assert names == {
         "gpt2-small": "gpt2-small124M-sft.pth",
         "gpt2-medium": "gpt2-medium355M-sft.pth",
@@ -294,8 +294,10 @@ def test_chapter_filenames():
         "gpt2-xl": "gpt2-xl1558M-sft.pth",
         "tiny": "tiny-sft.pth",
     }
-    with pytest.raises(ValueError, match="unknown model 'gpt3'"):
-        chapter_filename("gpt3")
+    # A shape that is no preset is named by its size, as the chapter names its files: distilgpt2's
+    # 6 layers of gpt2-small have 82M parameters.
+    assert chapter_filename(preset("gpt2-small", n_layers=6)) == "gpt2-82M-sft.pth"
+    assert chapter_filename(preset("gpt2-small", context_length=128)) == "gpt2-124M-sft.pth"
 
 
 def test_exports_replace_files_atomically(tmp_path):
@@ -314,8 +316,6 @@ def test_random_init():
     assert_tied(model, True)
     _, info = load_model("tiny", "auto")  # tiny has no pretrained weights
     assert info.format == "random"
-    with pytest.raises(ValueError, match="--weights none needs --model"):
-        load_model(None, "none")
 
 
 # --- bad files --------------------------------------------------------------------------------
@@ -472,3 +472,54 @@ def test_auto_rejects_a_file_that_is_not_the_published_one(monkeypatch, tmp_path
     with pytest.raises(DownloadError, match=f"expected {HUB_SHA256['gpt2-small']}: deleted it; try again, or pass --weights"):
         load_model("gpt2-small", "auto")
     assert not any(p.name.startswith("model.safetensors") and p.name != "model.safetensors.lock" for p in tmp_path.rglob("*"))
+
+
+# --- shapes that are no preset -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape, name", [({"n_layer": 6}, "gpt2-4M"), ({"n_positions": 128}, "gpt2-3M")])
+def test_a_non_preset_shape_loads_from_its_config_and_generates_as_transformers(tmp_path, shape, name):
+    """A GPT-2 that is no preset (distilgpt2's 6 layers, a 128-token context), saved by
+    transformers: its config.json says what it is (no --model), and greedy generation with the KV
+    cache gives transformers' greedy search token for token (float64: no near-tie flips)."""
+    from trainer.gpt2.generation import GenerationSettings, generate
+    from trainer.gpt2.model import model_name
+
+    sizes = {"n_layer": 2, "n_positions": 1024, **shape}
+    config = GPT2Config(n_embd=64, n_head=4, vocab_size=TINY.vocab_size, resid_pdrop=0.0, embd_pdrop=0.0,
+                        attn_pdrop=0.0, **sizes)
+    hf = randomise(GPT2LMHeadModel(config), seed=4).double()
+    hf.save_pretrained(tmp_path / "hf")
+    model, info = load_model(None, str(tmp_path / "hf"))
+    assert (info.config.n_layers, info.config.context_length) == (config.n_layer, config.n_positions)
+    assert model_name(model.config) == name and chapter_filename(model.config) == f"{name}-sft.pth"
+    prompts = [tokens(length)[0].tolist() for length in (5, 40)]
+    ours = generate(model.double().eval(), prompts, GenerationSettings(max_new_tokens=24), eos_id=-1)
+    for prompt, new in zip(prompts, ours):
+        expected = hf.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False, eos_token_id=None,
+                               pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+        assert new == expected[0, len(prompt):].tolist()
+    assert error_of("gpt2-small", str(tmp_path / "hf")).startswith(f"{tmp_path / 'hf' / 'config.json'} describes")
+
+
+def test_a_pth_finds_its_architecture_beside_it(tmp_path):
+    """A run's .pth is described by the run's config.json (its `architecture`); an export's by the
+    hf/config.json beside it; a bare .pth needs --model."""
+    model = our_model(False)
+    run = tmp_path / "run"
+    export_chapter_pth(model, run / "tiny-sft.pth")
+    (run / "config.json").write_bytes(orjson.dumps({"v": 1, "architecture": {
+        "vocab_size": 50257, "context_length": 1024, "emb_dim": 64, "n_layers": 2, "n_heads": 4, "qkv_bias": True}}))
+    again, info = load_model(None, str(run / "tiny-sft.pth"))
+    assert info.config == replace(TINY, tie_embeddings=False)
+    assert_same_outputs(again, model)
+
+    export = tmp_path / "exports" / "global_step2"
+    export_chapter_pth(model, export / "tiny-sft.pth")
+    export_hf(model, export / "hf")
+    assert load_model(None, str(export / "tiny-sft.pth"))[1].config == replace(TINY, tie_embeddings=False)
+
+    bare = tmp_path / "bare" / "tiny-sft.pth"
+    export_chapter_pth(model, bare)
+    assert "no config.json beside it says what the model is: pass --model" in error_of(None, str(bare))
+    assert load_model("tiny", str(bare))[1].config == replace(TINY, tie_embeddings=False)

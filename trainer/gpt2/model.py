@@ -55,6 +55,8 @@ PRESETS: dict[str, GPTConfig] = {
     "tiny": GPTConfig(emb_dim=64, n_layers=2, n_heads=4),
 }
 
+DEFAULT_MODEL = "gpt2-medium"  # the chapter's
+
 # The chapter names its fine-tuned files after the model and its size in millions.
 CHAPTER_SIZE_NAMES = {
     "gpt2-small": "gpt2-small124M",
@@ -69,6 +71,31 @@ def preset(name: str, **overrides) -> GPTConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown model '{name}': choose one of {', '.join(PRESETS)}")
     return replace(PRESETS[name], **overrides)
+
+
+# What makes two GPT-2s the same model: the fields that shape the weights. Dropout is a training
+# setting and a tied head is the same model stored once.
+SHAPE_FIELDS = ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads", "qkv_bias")
+
+
+def shape(config: GPTConfig) -> dict:
+    return {field: getattr(config, field) for field in SHAPE_FIELDS}
+
+
+def parameter_count(config: GPTConfig) -> int:
+    """Unique parameters of the architecture with a tied head (how GPT-2 sizes are named)."""
+    c, t, v = config.emb_dim, config.context_length, config.vocab_size
+    attention = 3 * c * c + (3 * c if config.qkv_bias else 0) + c * c + c
+    block = 2 * c + attention + 2 * c + (4 * c * c + 4 * c) + (4 * c * c + c)
+    return v * c + t * c + config.n_layers * block + 2 * c
+
+
+def model_name(config: GPTConfig) -> str:
+    """The preset this architecture is, else the chapter's naming by size: "gpt2-82M"."""
+    for name, candidate in PRESETS.items():
+        if shape(candidate) == shape(config):
+            return name
+    return f"gpt2-{round(parameter_count(config) / 1e6)}M"
 
 
 class KVCache(nn.Module):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import pickle
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,7 +37,8 @@ from safetensors import SafetensorError
 
 from instruct import atomic_write_json
 from trainer.gpt2.fetch import cache_dir, download, hub_sha256, sha256_file
-from trainer.gpt2.model import CHAPTER_SIZE_NAMES, GPT, GPTConfig, preset
+from trainer.gpt2.model import (CHAPTER_SIZE_NAMES, DEFAULT_MODEL, GPT, PRESETS, SHAPE_FIELDS, GPTConfig, model_name,
+                                preset, shape)
 from trainer.gpt2.tokenizer import EOT_TOKEN_ID
 
 # The pretrained checkpoints: repositories under GPT2_INSTRUCT_HUB_URL.
@@ -118,14 +119,15 @@ def load_model(
 ) -> tuple[GPT, WeightsInfo]:
     """A GPT (fp32, on the CPU) and where its weights came from.
 
-    model: a preset name (trainer/gpt2/model.py), or None when a config.json gives the architecture.
+    model: a preset name (trainer/gpt2/model.py). For "auto" and "none" it says which (default
+    the chapter's gpt2-medium); for a path it is needed only where no config.json beside the
+    weights says what they are (a bare .pth), and one that contradicts the file is refused.
     weights: "auto" (a preset's pretrained weights from the hub; random for `tiny`, which has
     none), "none" (random init), or a path: a HF model.safetensors or its directory, or a .pth
     in this project's or the chapter's layout.
     """
     if weights in ("auto", "none"):
-        if model is None:
-            raise ValueError(f"--weights {weights} needs --model (one of the presets)")
+        model = model or DEFAULT_MODEL
         if weights == "none" or model not in HUB_REPOS:
             config = preset(model, dropout=dropout)
             return GPT(config), WeightsInfo(source="random", format="random", sha256=None, config=config)
@@ -177,7 +179,7 @@ def _read_hf(path: Path, model: str | None, dropout: float) -> tuple[StateDict, 
         layout = "hf-hub"
     else:
         raise ValueError(f"{path}: not a GPT-2 checkpoint (no transformer.wte.weight or wte.weight)")
-    config = _hf_config(path, model, dropout, tied="lm_head.weight" not in tensors)
+    config = _architecture(path, model, dropout, tied="lm_head.weight" not in tensors)
     expected = state_dict_to_hf(_shapes(config), config)
     if layout == "hf-hub":
         expected = {name.removeprefix("transformer."): t for name, t in expected.items()}
@@ -185,46 +187,63 @@ def _read_hf(path: Path, model: str | None, dropout: float) -> tuple[StateDict, 
     return hf_to_state_dict(tensors), config, layout
 
 
-def _hf_config(path: Path, model: str | None, dropout: float, tied: bool) -> GPTConfig:
-    """The architecture from the config.json beside a safetensors file, else from the preset."""
-    config_path = path.with_name("config.json")
-    if not config_path.exists():
+def _architecture(path: Path, model: str | None, dropout: float, tied: bool) -> GPTConfig:
+    """The architecture of the weights in `path`: what a config.json beside it says (transformers'
+    or a run's), else the preset `model`. A `model` that contradicts the file is refused; `tied`
+    (the file holds no lm_head.weight of its own) comes from the tensors."""
+    described_by = next((c for c in (path.with_name("config.json"), path.parent / "hf" / "config.json")
+                         if c.is_file()), None)
+    if described_by is None:
         if model is None:
-            raise ValueError(f"{path}: no config.json beside it to give the architecture: pass --model")
+            raise ValueError(f"{path}: no config.json beside it says what the model is: pass --model "
+                             f"(one of {', '.join(PRESETS)})")
         return preset(model, dropout=dropout, tie_embeddings=tied)
+    config = read_architecture(described_by, dropout, tied)
+    if model is not None and shape(preset(model)) != shape(config):
+        raise ValueError(f"{described_by} describes {describe(config)}, not --model {model} ({describe(preset(model))})")
+    return config
+
+
+def read_architecture(config_path: Path, dropout: float, tied: bool) -> GPTConfig:
+    """A GPTConfig from transformers' config.json (`n_layer`, ...) or a run's (`architecture`;
+    before it was recorded, the preset named by `config.model`)."""
     try:
-        hf = orjson.loads(config_path.read_bytes())
-        for field, value in HF_FIXED.items():
-            if hf.get(field, value) != value:
-                raise ValueError(f"{config_path}: {field} is {hf[field]!r}; this GPT-2 implements {value!r}")
-        config = GPTConfig(
-            vocab_size=hf["vocab_size"],
-            context_length=hf["n_positions"],
-            emb_dim=hf["n_embd"],
-            n_layers=hf["n_layer"],
-            n_heads=hf["n_head"],
-            dropout=dropout,
-            tie_embeddings=hf.get("tie_word_embeddings", True),
-        )
+        described = orjson.loads(config_path.read_bytes().removeprefix(b"\xef\xbb\xbf"))
+        if not isinstance(described, dict):
+            raise ValueError(f"{config_path}: expected a JSON object, got {type(described).__name__}")
+        if "n_layer" in described:
+            for field, value in HF_FIXED.items():
+                if described.get(field, value) != value:
+                    raise ValueError(f"{config_path}: {field} is {described[field]!r}; this GPT-2 implements {value!r}")
+            fields = {"vocab_size": described["vocab_size"], "context_length": described["n_positions"],
+                      "emb_dim": described["n_embd"], "n_layers": described["n_layer"], "n_heads": described["n_head"]}
+        elif isinstance(described.get("architecture"), dict):
+            fields = {field: described["architecture"][field] for field in SHAPE_FIELDS}
+        elif isinstance(described.get("config"), dict) and described["config"].get("model") in PRESETS:
+            fields = shape(preset(described["config"]["model"]))
+        else:
+            raise ValueError(f"{config_path}: neither transformers' GPT-2 config (n_layer, n_embd, ...) "
+                             "nor a run's (architecture)")
     except orjson.JSONDecodeError as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
     except KeyError as e:
         raise ValueError(f"{config_path}: missing field {e}") from None
-    if model is not None and replace(preset(model), dropout=dropout, tie_embeddings=config.tie_embeddings) != config:
-        raise ValueError(f"{config_path} describes {_describe(config)}, not --model {model} ({_describe(preset(model))})")
-    return config
+    if not all(isinstance(fields[f], int) and not isinstance(fields[f], bool) and fields[f] > 0
+               for f in SHAPE_FIELDS if f != "qkv_bias"):
+        raise ValueError(f"{config_path}: the sizes must be positive integers ({fields})")
+    if fields["emb_dim"] % fields["n_heads"]:
+        raise ValueError(f"{config_path}: n_embd {fields['emb_dim']} is not a multiple of n_head {fields['n_heads']}")
+    return GPTConfig(**fields, dropout=dropout, tie_embeddings=tied)
 
 
 def _read_pth(path: Path, model: str | None, dropout: float) -> tuple[StateDict, GPTConfig, str]:
-    if model is None:
-        raise ValueError(f"{path}: a .pth does not record its architecture: pass --model")
     tensors = _torch_load(path)
     if "tok_emb.weight" in tensors:
-        config = preset(model, dropout=dropout, tie_embeddings=False)  # the chapter's out_head is its own
+        config = _architecture(path, model, dropout, tied=False)  # the chapter's out_head is its own
         _check(path, tensors, state_dict_to_chapter(_shapes(config), config), CHAPTER_BUFFERS, config)
         return chapter_to_state_dict(tensors, config), config, "chapter"
     if "transformer.wte.weight" in tensors:
-        config = preset(model, dropout=dropout, tie_embeddings="lm_head.weight" not in tensors)
+        config = _architecture(path, model, dropout, tied="lm_head.weight" not in tensors)
         _check(path, tensors, _project_state(_shapes(config), config), None, config)
         return tensors, config, "project"
     raise ValueError(
@@ -274,7 +293,7 @@ def _check(path: Path, found: StateDict, expected: StateDict, ignored: re.Patter
         if items
     ]
     if problems:
-        raise ValueError(f"{path} does not fit {_describe(config)}: {'; '.join(problems)}")
+        raise ValueError(f"{path} does not fit {describe(config)}: {'; '.join(problems)}")
 
 
 def _build(config: GPTConfig, state: StateDict) -> GPT:
@@ -362,10 +381,11 @@ def _project_state(sd: StateDict, config: GPTConfig) -> StateDict:
 # --- writing -------------------------------------------------------------------------------
 
 
-def chapter_filename(model: str) -> str:
-    """The chapter's name for a fine-tuned model, e.g. gpt2-medium355M-sft.pth."""
-    preset(model)  # a one-line error for an unknown name
-    return f"{CHAPTER_SIZE_NAMES[model]}-sft.pth"
+def chapter_filename(config: GPTConfig) -> str:
+    """The chapter's name for a fine-tuned model: gpt2-medium355M-sft.pth for a preset, by its size
+    for any other shape (gpt2-82M-sft.pth)."""
+    name = model_name(config)
+    return f"{CHAPTER_SIZE_NAMES.get(name, name)}-sft.pth"
 
 
 def export_chapter_pth(model: GPT, path: str | Path) -> None:
@@ -423,7 +443,7 @@ def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
 # --- messages ------------------------------------------------------------------------------
 
 
-def _describe(config: GPTConfig) -> str:
+def describe(config: GPTConfig) -> str:
     return (
         f"a GPT-2 of emb_dim {config.emb_dim}, {config.n_layers} layers, {config.n_heads} heads, "
         f"vocab {config.vocab_size}, context {config.context_length}"

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import orjson
 import torch
 
-from trainer.gpt2.model import GPT, preset
+from trainer.gpt2.model import GPT
+from trainer.gpt2.weights import read_architecture
 from trainer.lifecycle import checkpoint
 
 
@@ -32,13 +32,13 @@ def consolidated_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor
     return {k: v.float() for k, v in states["module"].items()}
 
 
-def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, str, str]:
-    """(model, model preset name, tag) for the checkpoint at `step` (default: the latest)."""
+def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, str]:
+    """(model, tag) for the checkpoint at `step` (default: the latest); the run's config.json says
+    what the model is."""
     run_dir = Path(run_dir)
     config_file = run_dir / "config.json"
     if not config_file.is_file():
         raise ValueError(f"{run_dir}: not a run directory (no config.json)")
-    recorded = orjson.loads(config_file.read_bytes())
     directory = checkpoint.checkpoint_dir(run_dir)
     complete = checkpoint.complete_tags(directory) if directory.is_dir() else []
     if not complete:
@@ -51,9 +51,8 @@ def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, 
             steps = ", ".join(t.removeprefix("global_step") for t in complete)
             raise ValueError(f"{run_dir}: no complete checkpoint at step {step} (there are: {steps})")
     state = consolidated_state_dict(directory, tag)
-    name = recorded["config"]["model"]
     tied = "lm_head.weight" not in state or torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
-    model = GPT(preset(name, tie_embeddings=tied))
+    model = GPT(read_architecture(config_file, dropout=0.0, tied=tied))
     if tied:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -62,4 +61,4 @@ def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, 
         missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{directory / tag}: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    return model.eval(), name, tag
+    return model.eval(), tag

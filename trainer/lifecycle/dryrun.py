@@ -29,21 +29,21 @@ def dry_run_model(config):
     """The model's shape without its weights: no download, no memory (the meta device)."""
     import torch
 
-    from trainer.gpt2.model import GPT, preset
+    from trainer.gpt2.model import DEFAULT_MODEL, GPT, preset
 
     if config.weights not in ("auto", "none"):
         from trainer.gpt2.weights import load_model
 
         return load_model(config.model, config.weights)[0]
     with torch.device("meta"):
-        return GPT(preset(config.model))
+        return GPT(preset(config.model or DEFAULT_MODEL))
 
 
 def largest_layer_params(model) -> int:
     return max(sum(p.numel() for p in m.parameters(recurse=False)) for m in model.modules())
 
 
-def report(config, layout, model, data, precision: str, zero_stage: int) -> None:
+def report(config, layout, model, name: str, data, precision: str, zero_stage: int) -> None:
     """Plain lines (not a table): they go into logs and scripts as well as terminals."""
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
@@ -53,7 +53,7 @@ def report(config, layout, model, data, precision: str, zero_stage: int) -> None
     target_tokens = [min(n, config.max_length) for n in data.train.lengths]  # n tokens + <|endoftext|> - 1
     mean_tokens = sum(target_tokens) / len(target_tokens)
     lines = [
-        f"model           {config.model} ({params:,} parameters), {precision}",
+        f"model           {name} ({params:,} parameters), {precision}",
         f"batch           global {layout.global_batch} = micro {layout.micro_batch} x accumulation "
         f"{layout.grad_accum} x world {layout.world_size}",
         f"examples        train {len(data.train)}, val {len(data.val)}, test {len(data.test_entries)}",

@@ -148,7 +148,7 @@ def export_outputs(loop, run_dir: Path, model, coordinator) -> None:
     loop.faults.maybe_hold(loop.dist.rank, "export", coordinator.stop_requested)
     coordinator.check_stop()
     exportable = model.float() if model is not loop.engine.module else plain_model(loop.engine, torch.float32)
-    export_chapter_pth(exportable, run_dir / chapter_filename(loop.config.model))
+    export_chapter_pth(exportable, run_dir / chapter_filename(exportable.config))
     coordinator.check_stop()
     export_hf(exportable, run_dir / "hf")
     coordinator.check_stop()

@@ -28,6 +28,7 @@ import torch
 
 from instruct import atomic_write_json
 from trainer.gpt2.fetch import sha256_file
+from trainer.gpt2.model import shape
 from trainer.gpt2.precision import resolve_precision
 from trainer.lifecycle import checkpoint, resume, signals
 from trainer.lifecycle.coordination import Coordinator
@@ -66,8 +67,9 @@ class RunPlan:
     ds_config: dict
     overridden: list[str]  # keys of the user's DeepSpeed config that the flags override
     data: RunData
-    model: torch.nn.Module
-    weights_info: object  # trainer.gpt2.weights.WeightsInfo
+    model: torch.nn.Module  # trainer.gpt2.model.GPT (on the meta device for a dry run)
+    name: str  # the model's preset name, or the chapter's naming by size (gpt2-82M)
+    weights_info: object  # trainer.gpt2.weights.WeightsInfo; None for a dry run
 
 
 @dataclass
@@ -111,9 +113,9 @@ def run(config: TrainConfig, dist_info) -> int:
     plan = plan_run(config, dist_info)
     if config.dry_run:
         if dist_info.is_main:
-            from trainer.lifecycle.dryrun import dry_run_model, report
+            from trainer.lifecycle.dryrun import report
 
-            report(config, plan.layout, dry_run_model(config), plan.data, plan.precision,
+            report(config, plan.layout, plan.model, plan.name, plan.data, plan.precision,
                    plan.ds_config["zero_optimization"]["stage"])
         return 0
     place = place_run(config, dist_info, plan)
@@ -126,7 +128,7 @@ def run(config: TrainConfig, dist_info) -> int:
         convert_checkpoint(config, dist_info, plan, place, life, faults)
         loop = start_engine(config, dist_info, plan, place, life, faults)
         layout = plan.layout
-        log.print(f"run {place.run_dir}  model {config.model}  world {dist_info.world_size}  "
+        log.print(f"run {place.run_dir}  model {plan.name}  world {dist_info.world_size}  "
                   f"ZeRO-{loop.engine.zero_optimization_stage()}  {plan.precision}  global batch {layout.global_batch} "
                   f"= {layout.micro_batch} x {layout.grad_accum} x {dist_info.world_size}  {loop.total_steps} steps")
         train(loop, place.run_dir, life)
@@ -139,19 +141,26 @@ def run(config: TrainConfig, dist_info) -> int:
 
 
 def plan_run(config: TrainConfig, dist_info) -> RunPlan:
+    from trainer.gpt2.model import model_name
     from trainer.gpt2.weights import load_model
+    from trainer.lifecycle.dryrun import dry_run_model
 
     layout = batch_layout(config.global_batch, config.micro_batch, dist_info.world_size)
     precision = resolve_precision(config.precision, dist_info.device)
     ds_config, overridden = build_ds_config(read_ds_config(config.ds_config), config, layout, precision)
-    with offline_hint():
-        data = prepare_data(config)
-    model = weights_info = None
-    if not config.dry_run:
+    weights_info = None
+    if config.dry_run:
+        model = dry_run_model(config)
+    else:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         with offline_hint():
             model, weights_info = load_model(config.model, config.weights, dropout=config.dropout)
-    return RunPlan(layout, precision, ds_config, overridden, data, model, weights_info)
+    if config.max_length > model.config.context_length:
+        raise ValueError(f"--max-length {config.max_length} exceeds the model's context of "
+                         f"{model.config.context_length} tokens")
+    with offline_hint():
+        data = prepare_data(config)
+    return RunPlan(layout, precision, ds_config, overridden, data, model, model_name(model.config), weights_info)
 
 
 def prepare_data(config: TrainConfig) -> RunData:
@@ -203,8 +212,8 @@ def place_run(config: TrainConfig, dist_info, plan: RunPlan) -> RunPlace:
     file is written."""
     decide = Coordinator(dist_info, signals.StopSignals(), namespace="place")
     if not config.resume:
-        return RunPlace(decide.run_alone(None, new_run_dir, config), None, None)
-    point = decide.run_alone(None, resume.find, config.out, config.model, plan.data.path, config.global_batch)
+        return RunPlace(decide.run_alone(None, new_run_dir, config, plan.name), None, None)
+    point = decide.run_alone(None, resume.find, config.out, plan.model.config, plan.data.path, config.global_batch)
     return RunPlace(point.run_dir, point, point.tag)
 
 
@@ -224,8 +233,8 @@ def convert_checkpoint(config: TrainConfig, dist_info, plan: RunPlan, place: Run
     plan.ds_config["checkpoint"] = {**plan.ds_config.get("checkpoint", {}), "load_universal": True}
 
 
-def new_run_dir(config: TrainConfig) -> Path:
-    chosen = Path(config.out) if config.out else default_run_dir(config.model)
+def new_run_dir(config: TrainConfig, name: str) -> Path:
+    chosen = Path(config.out) if config.out else default_run_dir(name)
     if (chosen / "metrics.jsonl").exists():
         raise ValueError(f"{chosen}: already holds a run: pass --resume to continue it, or another --out")
     return chosen
@@ -244,6 +253,8 @@ def record_run(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace) -
     write_config(place.run_dir, {
         "v": 1,
         "config": config.to_dict(),
+        "model": plan.name,
+        "architecture": shape(plan.model.config),
         "ds_config": plan.ds_config,
         "precision": plan.precision,
         "layout": {"global_batch": layout.global_batch, "micro_batch": layout.micro_batch,
@@ -293,7 +304,7 @@ def run_start(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace) ->
     point, layout = place.point, plan.layout
     return RunStart(
         run_id=place.run_dir.name,
-        model=config.model,
+        model=plan.name,
         params=plan.model.num_parameters(),
         world_size=dist_info.world_size,
         hosts=dist_info.hosts,

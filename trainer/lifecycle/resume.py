@@ -16,6 +16,8 @@ import orjson
 
 from trainer.lifecycle import checkpoint
 from trainer.gpt2.fetch import sha256_file
+from trainer.gpt2.model import GPTConfig, model_name, shape
+from trainer.gpt2.weights import describe, read_architecture
 from trainer.reporting.metrics import read_events
 
 
@@ -27,6 +29,23 @@ class ResumePoint:
     progress: dict | None  # the checkpoint's progress.json
     zero_stage: int  # the stage the checkpoint was written with
     full_val_loss: tuple[int, float] | None  # (step, loss) of a full evaluation logged at the checkpoint's step
+
+
+def recorded_run(run_dir: Path) -> dict:
+    """A run's config.json, checked to hold what a resume reads (one line if not)."""
+    config_file = run_dir / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{run_dir}: not a run directory (no config.json) to resume")
+    try:
+        recorded = orjson.loads(config_file.read_bytes())
+        fields = (recorded["v"], recorded["config"]["global_batch"], recorded["provenance"]["data"]["sha256"],
+                  recorded["ds_config"]["zero_optimization"]["stage"])
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        fields = None
+    if fields is None or fields[0] != 1:
+        raise ValueError(f"{config_file}: not a run config.json of this version of gpt2-instruct; resume it with "
+                         "the version that started it, or start a new run")
+    return recorded
 
 
 def run_status(run_dir: Path) -> str | None:
@@ -49,18 +68,15 @@ def newest_unfinished(runs_root: Path) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime).parent
 
 
-def find(out: str | None, model: str, data_path: Path, global_batch: int) -> ResumePoint:
+def find(out: str | None, model: GPTConfig, data_path: Path, global_batch: int) -> ResumePoint:
     run_dir = Path(out) if out else newest_unfinished(Path("runs"))
-    config_file = run_dir / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{run_dir}: not a run directory (no config.json) to resume")
-    recorded = orjson.loads(config_file.read_bytes())
-    then = {
-        "--model": recorded["config"]["model"],
-        "--data (sha256)": recorded["provenance"]["data"]["sha256"],
-        "--global-batch": recorded["config"]["global_batch"],
-    }
-    now = {"--model": model, "--data (sha256)": sha256_file(data_path), "--global-batch": global_batch}
+    recorded = recorded_run(run_dir)
+    trained = read_architecture(run_dir / "config.json", dropout=0.0, tied=True)
+    if shape(trained) != shape(model):
+        raise ValueError(f"{run_dir}: cannot resume with another model: the run trains {model_name(trained)} "
+                         f"({describe(trained)}), now {model_name(model)} ({describe(model)})")
+    then = {"--data (sha256)": recorded["provenance"]["data"]["sha256"], "--global-batch": recorded["config"]["global_batch"]}
+    now = {"--data (sha256)": sha256_file(data_path), "--global-batch": global_batch}
     for what in then:
         if then[what] != now[what]:
             raise ValueError(

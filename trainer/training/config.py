@@ -19,7 +19,7 @@ CHAPTER_DATA_URL = (
 @dataclass
 class TrainConfig:
     # Model and inputs
-    model: str = "gpt2-medium"
+    model: str | None = None  # a preset; None: what the weights' config.json says, gpt2-medium with auto/none
     weights: str = "auto"  # "auto" (pretrained from the hub), "none" (random init) or a path
     data: str = CHAPTER_DATA_URL
     tokenizer_dir: str | None = None
