@@ -20,6 +20,9 @@ RESPONSE_MARK = "### Response:"
 RESPONSE_HEADER = f"\n\n{RESPONSE_MARK}\n"
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 class EntryError(ValueError):
     """A bad instruction file. The message is one line naming the file, entry and field."""
 
@@ -75,9 +78,11 @@ def read_entries(
     """
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        raw = path.read_bytes().removeprefix(UTF8_BOM)  # files saved on Windows start with one
     except FileNotFoundError:
         raise EntryError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise EntryError(f"{path}: is a directory, not an instruction file") from None
     except OSError as e:
         raise EntryError(f"{path}: cannot read ({e.strerror})") from None
     entries = _parse(path, raw)

@@ -29,6 +29,17 @@ def parse_split(text: str) -> tuple[float, float]:
     return train, test
 
 
+EXPECT_RANKS_ENV = "GPT2_INSTRUCT_EXPECT_RANKS"  # for batch scripts, which set it once
+
+
+def expected_ranks() -> int | None:
+    value = os.environ.get(EXPECT_RANKS_ENV, "")
+    try:
+        return int(value) if value else None
+    except ValueError:
+        raise SystemExit(f"error: {EXPECT_RANKS_ENV}={value!r} is not a number of ranks") from None
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="deepspeed launch/train.py",
@@ -81,6 +92,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue the run in --out (default: the newest unfinished run under runs/)")
     r.add_argument("--ds-config", default=str(REPO / DEFAULTS.ds_config), help="DeepSpeed config (ZeRO, bf16, communication)")
     r.add_argument("--dist-timeout", type=float, default=DEFAULTS.dist_timeout, help="seconds a collective waits for a dead or hung rank")
+    r.add_argument("--expect-ranks", type=int, default=expected_ranks(), metavar="N",
+                   help="refuse to start unless the launcher started N ranks (a misspelled --hostfile falls back to "
+                        f"this node alone); default ${EXPECT_RANKS_ENV}")
     r.add_argument("--dry-run", action="store_true", help="print sizes, steps and memory estimates, then exit")
     r.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
     return p

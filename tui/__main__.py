@@ -31,9 +31,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "(default %(default)s)")
     args = parser.parse_args(argv)
     if args.interval <= 0 or args.stall_after <= 0 or args.behind_steps < 0:
-        parser.error("--interval and --stall-after must be positive, --behind-steps not negative")
+        parser.exit(2, "python -m tui: error: --interval and --stall-after must be positive, --behind-steps not negative\n")
     if args.path.exists() and not args.path.is_dir():
-        parser.error(f"{args.path}: not a directory")
+        parser.exit(2, f"python -m tui: error: {args.path}: not a directory\n")
     return args
 
 

@@ -73,8 +73,9 @@ class JsonlFollower:
     def poll(self) -> Chunk:
         try:
             f = open(self.path, "rb")
-        except FileNotFoundError:
-            # Not written yet (wait), or removed: a later file under this name is a new file.
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError):
+            # Not written yet (wait), or removed: a later file under this name is a new file. A
+            # directory or an unreadable file in its place is waited out the same way.
             return Chunk(events=[], reset=self._forget() if self.identity else False)
         with f:
             stat = os.fstat(f.fileno())

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import torch
 
-from instruct import EntryError, format_input, format_prompt
+from instruct import EntryError, format_input, format_prompt, read_entries
 from trainer.training.data import (
     InstructionDataset,
     collate,
@@ -243,3 +243,22 @@ def test_unreachable_url_is_one_line(tmp_path, monkeypatch):
     assert "\n" not in message
     assert message.startswith(f"could not download instruction-data.json from {url} (")
     assert message.endswith("; download it on a machine with internet and pass --data PATH to the local copy")
+
+
+@pytest.mark.parametrize("name, text", [
+    ("entries.json", '[{"instruction": "a", "output": "b"}, {"instruction": "c", "input": "d", "output": "e"}]'),
+    ("entries.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "input": "d", "output": "e"}\n'),
+])
+def test_a_byte_order_mark_is_accepted(tmp_path, name, text):
+    """Files saved on Windows start with a UTF-8 byte order mark: still valid JSON and JSONL."""
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert [e["instruction"] for e in read_entries(path)] == ["a", "c"]
+
+
+def test_a_ds_config_with_a_byte_order_mark_is_read(tmp_path):
+    from trainer.training.engine import read_ds_config
+
+    path = tmp_path / "ds.json"
+    path.write_bytes(b"\xef\xbb\xbf" + b'{"zero_optimization": {"stage": 3}}')
+    assert read_ds_config(path) == {"zero_optimization": {"stage": 3}}

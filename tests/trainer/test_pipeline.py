@@ -84,6 +84,7 @@ def test_metrics_follow_the_contract(finished_run):
     assert start_ev["type"] == "run_start"
     assert start_ev["zero_stage"] == stage and start_ev["world_size"] == 2 and start_ev["total_steps"] == 6
     assert start_ev["attempt"] == 1 and start_ev["resumed_from_step"] == 0
+    assert start_ev["params"] == 3_382_080  # the model's size, also under ZeRO-3 (partitioned by then)
     trains = of_type(evs, "train")
     assert [e["step"] for e in trains] == [1, 2, 3, 4, 5, 6]
     assert all(e["grad_norm"] > 0 and e["tokens"] > 0 and e["mfu"] is None for e in trains)

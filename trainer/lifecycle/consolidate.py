@@ -12,6 +12,8 @@ run directories this tool wrote.
 
 from __future__ import annotations
 
+import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,14 +24,19 @@ from trainer.lifecycle import checkpoint
 
 
 def consolidated_state_dict(directory: Path, tag: str) -> dict[str, torch.Tensor]:
-    files = list((directory / tag).glob("*optim_states.pt"))
-    if files:
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    """The fp32 weights of a checkpoint; a damaged one is a one-line ValueError."""
+    try:
+        if list((directory / tag).glob("*optim_states.pt")):
+            from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
-    # ZeRO-0: the whole module is in the model-states file.
-    states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
-    return {k: v.float() for k, v in states["module"].items()}
+            return get_fp32_state_dict_from_zero_checkpoint(str(directory), tag=tag)
+        # ZeRO-0: the whole module is in the model-states file.
+        states = torch.load(directory / tag / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False)
+        return {k: v.float() for k, v in states["module"].items()}
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, KeyError, TypeError, AttributeError,
+            ValueError) as e:
+        detail = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise ValueError(f"{directory / tag}: not a readable DeepSpeed checkpoint ({detail})") from None
 
 
 def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, str]:
@@ -50,9 +57,10 @@ def model_from_checkpoint(run_dir: Path, step: int | None = None) -> tuple[GPT, 
         if tag not in complete:
             steps = ", ".join(t.removeprefix("global_step") for t in complete)
             raise ValueError(f"{run_dir}: no complete checkpoint at step {step} (there are: {steps})")
+    architecture = read_architecture(config_file, dropout=0.0, tied=True)  # checked before the long load
     state = consolidated_state_dict(directory, tag)
     tied = "lm_head.weight" not in state or torch.equal(state["lm_head.weight"], state["transformer.wte.weight"])
-    model = GPT(read_architecture(config_file, dropout=0.0, tied=tied))
+    model = GPT(replace(architecture, tie_embeddings=tied))
     if tied:
         state = {k: v for k, v in state.items() if k != "lm_head.weight"}
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -76,7 +76,12 @@ class Coordinator:
         self._calls += 1
         key = f"{self.namespace}/alone/{self._calls}"
         if self.dist.is_main:
-            outcome = self._outcome(phase, fn, *args)
+            try:
+                outcome = self._outcome(phase, fn, *args)
+            except BaseException as e:  # a bug or Ctrl-C twice: the others learn it, then rank 0 raises it
+                self._ask("sharing its failure", self.store.set, key,
+                          pickle.dumps(("error", f"rank 0 failed: {' '.join(f'{type(e).__name__}: {e}'.split())}")))
+                raise
             self._ask("sharing its result", self.store.set, key, pickle.dumps(outcome))
         else:
             outcome = pickle.loads(self._wait_for(key, phase))

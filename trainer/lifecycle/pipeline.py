@@ -34,12 +34,12 @@ from trainer.lifecycle import checkpoint, resume, signals
 from trainer.lifecycle.coordination import Coordinator
 from trainer.lifecycle.final import finish
 from trainer.lifecycle.run import EXIT_FAILED, RunLifecycle
-from trainer.lifecycle.rundir import default_run_dir, git_commit, versions, write_config
+from trainer.lifecycle.rundir import RunLock, create_run_dir, git_commit, versions, write_config
 from trainer.reporting.events import Checkpoint, RunStart
 from trainer.reporting.runlog import RunLog, Throughput
 from trainer.training import distributed
 from trainer.training.config import BatchLayout, TrainConfig, batch_layout, validate
-from trainer.training.engine import build_ds_config, build_engine, read_ds_config
+from trainer.training.engine import build_ds_config, build_engine, check_ds_config, read_ds_config
 from trainer.training.faults import TestFaults
 from trainer.training.loop import Progress, StopRequested, TrainingLoop, plan_steps
 
@@ -109,6 +109,10 @@ def main(config: TrainConfig) -> int:
 
 
 def run(config: TrainConfig, dist_info) -> int:
+    if config.expect_ranks is not None and config.expect_ranks != dist_info.world_size:
+        raise ValueError(f"--expect-ranks {config.expect_ranks}: the launcher started {dist_info.world_size} "
+                         f"rank{'s' if dist_info.world_size != 1 else ''} on {', '.join(dist_info.hosts)} "
+                         "(check the --hostfile and its slots)")
     faults = TestFaults.from_environment()
     plan = plan_run(config, dist_info)
     if config.dry_run:
@@ -118,10 +122,20 @@ def run(config: TrainConfig, dist_info) -> int:
             report(config, plan.layout, plan.model, plan.name, plan.data, plan.precision,
                    plan.ds_config["zero_optimization"]["stage"])
         return 0
-    place = place_run(config, dist_info, plan)
+    place, lock = place_run(config, dist_info, plan)
+    try:
+        return run_in(place, lock, config, dist_info, plan, faults)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info, plan: RunPlan,
+           faults: TestFaults) -> int:
+    """Every phase from `record` on, in the run directory this launcher holds."""
     if dist_info.is_main:
         record_run(config, dist_info, plan, place)
-    with RunLifecycle(place.run_dir, dist_info, config, throughput(plan, dist_info)) as life:
+    with RunLifecycle(place.run_dir, dist_info, config, throughput(plan, dist_info), lock) as life:
         log = life.begin(run_start(config, dist_info, plan, place))
         life.progress.step = run_start_step(place)
         warn_about_inputs(log, config, plan, life.progress.step)
@@ -148,6 +162,7 @@ def plan_run(config: TrainConfig, dist_info) -> RunPlan:
     layout = batch_layout(config.global_batch, config.micro_batch, dist_info.world_size)
     precision = resolve_precision(config.precision, dist_info.device)
     ds_config, overridden = build_ds_config(read_ds_config(config.ds_config), config, layout, precision)
+    check_ds_config(ds_config, config.ds_config)
     weights_info = None
     if config.dry_run:
         model = dry_run_model(config)
@@ -207,14 +222,23 @@ def offline_hint():
 # ---- place: the run directory ----------------------------------------------------------------
 
 
-def place_run(config: TrainConfig, dist_info, plan: RunPlan) -> RunPlace:
-    """Rank 0 decides where the run lives, or which run to resume; every rank learns it before any
-    file is written."""
+def place_run(config: TrainConfig, dist_info, plan: RunPlan) -> tuple[RunPlace, RunLock | None]:
+    """Rank 0 decides where the run lives, or which run to resume, and holds its lock (returned on
+    rank 0); every rank learns the place before any file is written there."""
     decide = Coordinator(dist_info, signals.StopSignals(), namespace="place")
-    if not config.resume:
-        return RunPlace(decide.run_alone(None, new_run_dir, config, plan.name), None, None)
-    point = decide.run_alone(None, resume.find, config.out, plan.model.config, plan.data.path, config.global_batch)
-    return RunPlace(point.run_dir, point, point.tag)
+    held: list[RunLock] = []
+
+    def claim() -> RunPlace:
+        if config.resume:
+            point = resume.find(config.out, plan.model.config, plan.data.path, config.global_batch)
+            place = RunPlace(point.run_dir, point, point.tag)
+        else:
+            place = RunPlace(create_run_dir(config.out, plan.name), None, None)
+        held.append(RunLock.take(place.run_dir))
+        return place
+
+    place = decide.run_alone(None, claim)
+    return place, (held[0] if held else None)
 
 
 def convert_checkpoint(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace, life: RunLifecycle,
@@ -231,13 +255,6 @@ def convert_checkpoint(config: TrainConfig, dist_info, plan: RunPlan, place: Run
 
     place.tag = life.coordinator.run_alone("convert", convert)
     plan.ds_config["checkpoint"] = {**plan.ds_config.get("checkpoint", {}), "load_universal": True}
-
-
-def new_run_dir(config: TrainConfig, name: str) -> Path:
-    chosen = Path(config.out) if config.out else default_run_dir(name)
-    if (chosen / "metrics.jsonl").exists():
-        raise ValueError(f"{chosen}: already holds a run: pass --resume to continue it, or another --out")
-    return chosen
 
 
 # ---- record: config.json (rank 0) -------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 import orjson
 
 from trainer.lifecycle import checkpoint
+from trainer.lifecycle.rundir import held_by_another
 from trainer.gpt2.fetch import sha256_file
 from trainer.gpt2.model import GPTConfig, model_name, shape
 from trainer.gpt2.weights import describe, read_architecture
@@ -60,8 +61,9 @@ def run_status(run_dir: Path) -> str | None:
 
 
 def newest_unfinished(runs_root: Path) -> Path:
+    """The newest run under runs_root that did not complete and that no live launcher holds."""
     candidates = [
-        p for p in runs_root.glob("*/config.json") if run_status(p.parent) != "completed"
+        p for p in runs_root.glob("*/config.json") if run_status(p.parent) != "completed" and not held_by_another(p.parent)
     ] if runs_root.is_dir() else []
     if not candidates:
         raise ValueError(f"no unfinished run under {runs_root}/ to resume: pass --out RUN_DIR")

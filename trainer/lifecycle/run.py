@@ -31,11 +31,13 @@ EXIT_FAILED = 1
 
 
 class RunLifecycle:
-    def __init__(self, run_dir: Path, dist_info, config: TrainConfig, throughput: Throughput):
+    def __init__(self, run_dir: Path, dist_info, config: TrainConfig, throughput: Throughput, lock=None):
         self.run_dir = run_dir
         self.dist = dist_info
         self.config = config
-        self.heartbeat = Heartbeat(run_dir, dist_info.rank, dist_info.local_rank, config.heartbeat_every)
+        # Rank 0's heartbeats also refresh the run's lock (trainer/lifecycle/rundir.py).
+        self.heartbeat = Heartbeat(run_dir, dist_info.rank, dist_info.local_rank, config.heartbeat_every,
+                                   on_beat=lock.refresh if lock is not None else None)
         self.stop = signals.StopSignals()
         self.coordinator = Coordinator(dist_info, self.stop, self.heartbeat)
         self.peers = signals.PeerWatch(run_dir / "ranks", dist_info.world_size)

@@ -54,7 +54,7 @@ class Heartbeat:
     on other hosts of an NFS mount see it.
     """
 
-    def __init__(self, run_dir: Path, rank: int, local_rank: int, every_s: float = 2.0):
+    def __init__(self, run_dir: Path, rank: int, local_rank: int, every_s: float = 2.0, on_beat=None):
         import psutil  # the trainer's dependency; imported here to keep `import trainer` light
 
         self.path = Path(run_dir) / "ranks" / f"rank-{rank}.jsonl"
@@ -63,6 +63,7 @@ class Heartbeat:
         self.local_rank = local_rank
         self.host = socket.gethostname()
         self.every_s = every_s
+        self.on_beat = on_beat  # called after each line (rank 0 refreshes the run's lock)
         self.step = 0
         self._phase = "idle"
         self.phase_since = time.time()
@@ -130,5 +131,7 @@ class Heartbeat:
         try:
             with open(self.path, "ab") as f:
                 f.write(orjson.dumps(record) + b"\n")
+            if self.on_beat is not None:
+                self.on_beat()
         except OSError:
             pass  # a full or vanished disk must not kill training from a side thread

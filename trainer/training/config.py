@@ -65,6 +65,7 @@ class TrainConfig:
     resume: bool = False
     ds_config: str = "ds_config.json"
     dist_timeout: float = 180.0  # seconds a collective may wait for a dead or hung rank
+    expect_ranks: int | None = None  # refuse to start on another number of ranks (a misspelled --hostfile)
     heartbeat_every: float = 2.0
     dry_run: bool = False
 
@@ -98,6 +99,7 @@ def validate(config: TrainConfig) -> None:
         (config.generate_batch >= 1, "--generate-batch must be at least 1"),
         (config.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
         (config.dist_timeout > 0, "--dist-timeout must be positive"),
+        (config.expect_ranks is None or config.expect_ranks >= 1, "--expect-ranks must be at least 1"),
         (len(config.split) == 2 and all(f > 0 for f in config.split) and sum(config.split) < 1,
          "--split takes two positive fractions (train,test) summing to less than 1, e.g. 0.85,0.10"),
     ]

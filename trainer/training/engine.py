@@ -32,14 +32,58 @@ from trainer.training.config import DS_KEYS_OWNED_BY_CONFIG, BatchLayout, TrainC
 MEASURE_ONLY_CLIP = 1e12
 
 
+# Sections of a DeepSpeed config that are objects (DeepSpeed's own parser raises a TypeError that
+# names no key when one is not).
+DS_OBJECT_SECTIONS = (
+    "zero_optimization", "fp16", "bf16", "bfloat16", "amp", "optimizer", "scheduler", "data_types", "checkpoint",
+    "timers", "activation_checkpointing", "flops_profiler", "comms_logger", "tensorboard", "wandb", "csv_monitor",
+    "comet", "aio", "autotuning", "elasticity", "pipeline", "compression_training", "data_efficiency", "nebula",
+    "sparse_attention", "weight_quantization", "hybrid_engine", "curriculum_learning",
+)
+
+
+# DeepSpeed's pydantic models by the section of the config they validate, to name a rejected key.
+DS_MODEL_SECTIONS = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedBF16Config": "bf16",
+                     "DeepSpeedFP16Config": "fp16", "DeepSpeedZeroOffloadOptimizerConfig": "zero_optimization.offload_optimizer",
+                     "DeepSpeedZeroOffloadParamConfig": "zero_optimization.offload_param"}
+
+
 def read_ds_config(path: str | Path) -> dict:
+    """The user's DeepSpeed config, checked for the shape the run relies on (one line if not)."""
     path = Path(path)
     try:
-        return orjson.loads(path.read_bytes())
+        user = orjson.loads(path.read_bytes().removeprefix(b"\xef\xbb\xbf"))  # a BOM from Windows editors
     except FileNotFoundError:
         raise ValueError(f"{path}: DeepSpeed config not found (--ds-config)") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a directory, not a DeepSpeed config file (--ds-config)") from None
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror})") from None
     except orjson.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(user, dict):
+        raise ValueError(f"{path}: a DeepSpeed config is a JSON object of settings, not a {type(user).__name__}")
+    wrong = [f"'{key}' must be an object, not {orjson.dumps(user[key]).decode()[:40]}"
+             for key in DS_OBJECT_SECTIONS if key in user and not isinstance(user[key], dict)]
+    if wrong:
+        raise ValueError(f"{path}: {'; '.join(wrong)} (e.g. \"bf16\": {{\"enabled\": true}})")
+    return user
+
+
+def check_ds_config(ds: dict, path: str | Path) -> None:
+    """DeepSpeed's own validation of the config the engine will get, before any file is written:
+    each value it rejects named in one line. Needs the process group (DeepSpeed reads the world size)."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+    from pydantic import ValidationError
+
+    try:
+        DeepSpeedConfig(copy.deepcopy(ds))
+    except ValidationError as e:
+        section = DS_MODEL_SECTIONS.get(e.title, e.title)
+        problems = [f"{section}.{'.'.join(map(str, error['loc']))}: {error['msg']}" for error in e.errors()]
+        raise ValueError(f"{path}: DeepSpeed rejects {'; '.join(problems)}") from None
+    except (AssertionError, ValueError, TypeError, KeyError) as e:
+        raise ValueError(f"{path}: DeepSpeed rejects it: {' '.join(str(e).split())[:300]}") from None
 
 
 def build_ds_config(
