@@ -16,6 +16,7 @@ from instruct.entries import (
     RESPONSE_MARK,
 )
 from instruct.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from instruct.urls import redact_url
 
 __all__ = [
     "EntryError",
@@ -29,4 +30,5 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "redact_url",
 ]

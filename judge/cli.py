@@ -13,11 +13,13 @@ import os
 import sys
 from pathlib import Path
 
+import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from instruct import EntryError
-from judge.clients import CheckError, ServerConfig
+from instruct import EntryError, redact_url
+
+from judge.clients import CheckError, ServerConfig, ServerInfo, make_client
 from judge.prompt import CHAPTER_TEMPLATE, TemplateError, load_template
 from judge.scorer import ScoreConfig, score_file, with_suffix
 
@@ -71,7 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--retries", type=int, default=8, metavar="N",
                        help="retries per request on transient failures (default: 8)")
     score.add_argument("--quiet", action="store_true", help="no progress display")
+
+    check = commands.add_parser("check", help="check that a server answers and serves the judge model, then exit")
+    check.add_argument("--model", default="llama3", help="judge model (default: llama3)")
+    check.add_argument("--url", default="http://localhost:11434", help="server URL (default: http://localhost:11434)")
+    check.add_argument("--api", choices=("ollama", "openai"), default="ollama")
+    check.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key")
     return parser
+
+
+def check_server(args: argparse.Namespace) -> int:
+    """`python -m judge check`: what `score` checks before it sends anything (the trainer's
+    --judge-url runs it before its first step)."""
+    api_key = os.environ.get(args.api_key_env) if args.api_key_env else None
+    server = ServerConfig(url=args.url, api=args.api, model=args.model, api_key=api_key)
+
+    async def check() -> ServerInfo:
+        async with aiohttp.ClientSession() as session:
+            return await make_client(server).check(session)
+
+    try:
+        info = asyncio.run(check())
+    except CheckError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"ok: {info.model} (digest {info.digest}) at {redact_url(server.base_url)}")
+    return 0
 
 
 def config_from_args(args: argparse.Namespace) -> ScoreConfig:
@@ -142,6 +169,8 @@ def print_summary(summary: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return check_server(args)
     try:
         config = config_from_args(args)
     except (TemplateError, UsageError) as e:

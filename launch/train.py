@@ -81,6 +81,20 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="per test response")
     e.add_argument("--generate-batch", type=int, default=DEFAULTS.generate_batch, help="test prompts generated at once per rank")
     e.add_argument("--max-bad-steps", type=int, default=DEFAULTS.max_bad_steps, help="non-finite losses in a row before the run stops")
+    e.add_argument("--base-responses", action="store_true",
+                   help="before the first step, answer the test split with the initial weights too (base_response), "
+                        "so that the judge can say how much fine-tuning helped")
+
+    j = p.add_argument_group("judging and notifications (docs/judge.md)")
+    j.add_argument("--judge-url", default=None,
+                   help="after the run, score the test responses with the judge server there (python -m judge score); "
+                        "checked before the first step")
+    j.add_argument("--judge-model", default=DEFAULTS.judge_model, help="the judge model")
+    j.add_argument("--judge-api", choices=["ollama", "openai"], default=DEFAULTS.judge_api)
+    j.add_argument("--judge-key-env", default=None, metavar="NAME", help="environment variable with the judge's API key")
+    j.add_argument("--notify-env", default=None, metavar="NAME",
+                   help="environment variable holding a webhook URL (Slack, Discord): a message on run_end, judge_end, "
+                        "non-finite losses and lost ranks")
 
     s = p.add_argument_group("speed (docs/performance.md)")
     s.add_argument("--group-by-length", action="store_true", help="global batches of examples of similar length (less padding); each epoch still visits every example once")

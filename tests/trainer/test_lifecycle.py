@@ -120,7 +120,7 @@ def test_stop_in_the_generation_keeps_every_response_on_another_number_of_ranks(
     assert of_type(last, "generate")[0]["done"] > len(journalled)  # counted from what was kept
     answers = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
     assert all(answers[i]["model_response"] == response for i, response in journalled.items())
-    assert sorted(p.name for p in (out / "responses").iterdir()) == ["model_response.done.json"]
+    assert sorted(p.name for p in (out / "responses").iterdir()) == ["model_response.json"]  # journals merged
 
 
 def test_stop_in_the_export_then_resume(tmp_path, no_leftovers, monkeypatch):

@@ -33,7 +33,8 @@ from trainer.training.engine import plain_model
 
 RESPONSES_FILE = "instruction-data-with-response.json"
 RESPONSES_DIR = "responses"
-KEY = "model_response"
+KEY = "model_response"  # the fine-tuned model's responses, as the chapter names them
+BASE_KEY = "base_response"  # the initial weights' (--base-responses)
 
 
 def generation_settings(config: TrainConfig) -> GenerationSettings:
@@ -46,32 +47,61 @@ def finish(loop, run_dir: Path, coordinator) -> float:
     """Every final phase, in order; the final validation loss."""
     final_val_loss = loop.final_evaluation()
     model = plain_model(loop.engine)  # collective under ZeRO-3
-    answer_test_split(loop, run_dir, model, coordinator)
+    answer_test_split(loop, run_dir, model, coordinator, KEY)
+    fields = [Responses(run_dir, key, identity, len(loop.data.test_entries))
+              for key, identity in response_identities(loop).items()]
+    coordinator.run_alone(None, write_responses_file, run_dir, loop.data.test_entries, fields)
     coordinator.run_alone("export", export_outputs, loop, run_dir, model, coordinator)
     return final_val_loss
+
+
+def response_identities(loop) -> dict[str, dict]:
+    """What each field of the responses file depends on: the final step's weights and, with
+    --base-responses, the initial weights (step 0). Both add the generation settings."""
+    settings = {"settings": asdict(generation_settings(loop.config))}
+    identities = {KEY: {"step": loop.progress.step, **settings}}
+    if loop.config.base_responses:
+        identities[BASE_KEY] = {"step": 0, **settings}
+    return identities
+
+
+def answer_with_the_initial_weights(loop, run_dir: Path, coordinator) -> None:
+    """--base-responses, before the first step: the test split answered by the initial weights,
+    as the final responses are (the chapter generates with the base model before it trains). A
+    run resumed past step 0 cannot: its initial weights are gone."""
+    if loop.progress.step > 0:
+        if Responses(run_dir, BASE_KEY, response_identities(loop)[BASE_KEY], len(loop.data.test_entries)).merged() is None:
+            loop.log.warning(loop.progress.step, "--base-responses: this run resumed at step "
+                                                 f"{loop.progress.step} has no base responses: its initial weights are gone")
+        return
+    answer_test_split(loop, run_dir, plain_model(loop.engine), coordinator, BASE_KEY)
 
 
 # ---- test responses -----------------------------------------------------------------------------
 
 
 class Responses:
-    """One field of responses to the test split: its per-rank journals and, once merged, a marker."""
+    """One field of responses to the test split (`model_response`, `base_response`): its per-rank
+    journals while it is generated, then responses/<key>.json (the responses in entry order, with
+    the identity they were generated with)."""
 
     def __init__(self, run_dir: Path, key: str, identity: dict, total: int):
         self.folder = run_dir / RESPONSES_DIR
         self.key = key
-        self.identity = identity  # what the responses depend on: step, settings
+        self.identity = identity  # what the responses depend on: step, settings (and weights)
         self.total = total
-        self.done_marker = self.folder / f"{key}.done.json"
+        self.merged_file = self.folder / f"{key}.json"
 
     def journal(self, rank: int) -> ResponseJournal:
         return ResponseJournal(self.folder / f"{self.key}.rank-{rank}.jsonl", self.identity)
 
-    def merged(self) -> bool:
+    def merged(self) -> list[str] | None:
+        """The responses in entry order, once merged with this identity."""
         try:
-            return orjson.loads(self.done_marker.read_bytes()) == self.identity
+            merged = orjson.loads(self.merged_file.read_bytes())
         except (OSError, orjson.JSONDecodeError):
-            return False
+            return None
+        return merged["responses"] if merged.get("identity") == self.identity else None
 
     def finished(self) -> dict[int, str]:
         """Every journalled response of this identity, whichever rank and attempt wrote it; the
@@ -87,24 +117,37 @@ class Responses:
 
     def pending(self) -> list[int] | None:
         """The test entries no journal holds (rank 0 decides for all); None when merged already."""
-        if self.merged():
+        if self.merged() is not None:
             return None
         finished = self.finished()
         return [i for i in range(self.total) if i not in finished]
 
+    def merge(self) -> None:
+        """Rank 0, once every rank has journalled its share: one file in entry order, the journals gone."""
+        finished = self.finished()
+        missing = [i for i in range(self.total) if i not in finished]
+        if missing:
+            raise RuntimeError(f"{len(missing)} {self.key}s are in no journal (first: test entry {missing[0]})")
+        atomic_write_json(self.merged_file, {"identity": self.identity,
+                                             "responses": [finished[i] for i in range(self.total)]})
+        for path in self.folder.glob(f"{self.key}.rank-*.jsonl"):
+            path.unlink()
 
-def answer_test_split(loop, run_dir: Path, model, coordinator) -> None:
+
+def answer_test_split(loop, run_dir: Path, model, coordinator, key: str) -> None:
+    """Every rank: the `key` responses of `model` to the test split, journalled and merged; what an
+    earlier attempt journalled is kept."""
     entries = loop.data.test_entries
     settings = generation_settings(loop.config)
-    responses = Responses(run_dir, KEY, {"step": loop.progress.step, "settings": asdict(settings)}, len(entries))
+    responses = Responses(run_dir, key, response_identities(loop)[key], len(entries))
     pending = coordinator.run_alone(None, responses.pending)
     if pending is None:
-        return  # written by an earlier attempt
+        return  # merged by an earlier attempt
     loop.heartbeat.phase = "generate"
     loop.faults.maybe_hold(loop.dist.rank, "generate", coordinator.stop_requested)
     generate_share(loop, model, entries, pending, settings, responses, coordinator)
-    coordinator.wait_for_all(f"{KEY}/generated", "generate")
-    coordinator.run_alone(None, write_responses_file, run_dir, entries, responses)
+    coordinator.wait_for_all(f"{key}/generated", "generate")
+    coordinator.run_alone(None, responses.merge)
     loop.log.event(Generate(done=len(entries), total=len(entries)))
     loop.heartbeat.phase = "idle"
 
@@ -118,26 +161,23 @@ def generate_share(loop, model, entries: list[dict], pending: list[int], setting
     already = len(entries) - len(pending)
     model.eval()
     with responses.journal(loop.dist.rank) as journal:
-        while (index := coordinator.take(f"{KEY}/batch")) < len(batches):
+        while (index := coordinator.take(f"{responses.key}/batch")) < len(batches):
             coordinator.check_stop()
             batch = batches[index]
             answers = generate_responses(model, tokenizer, [entries[i] for i in batch],
                                          replace(settings, batch_size=len(batch)))
             journal.append(batch, answers)
-            done = already + coordinator.add(f"{KEY}/done", len(batch))
+            done = already + coordinator.add(f"{responses.key}/done", len(batch))
             loop.log.event(Generate(done=done, total=len(entries)))
 
 
-def write_responses_file(run_dir: Path, entries: list[dict], responses: Responses) -> None:
-    """Rank 0, once every rank has journalled its share: the chapter's file, then the marker."""
-    finished = responses.finished()
-    missing = [i for i in range(len(entries)) if i not in finished]
-    if missing:
-        raise RuntimeError(f"{len(missing)} test responses are in no journal (first: entry {missing[0]})")
-    atomic_write_json(run_dir / RESPONSES_FILE, [{**entry, KEY: finished[i]} for i, entry in enumerate(entries)])
-    atomic_write_json(responses.done_marker, responses.identity)
-    for path in responses.folder.glob(f"{responses.key}.rank-*.jsonl"):
-        path.unlink()
+def write_responses_file(run_dir: Path, entries: list[dict], fields: list[Responses]) -> None:
+    """Rank 0: the chapter's instruction-data-with-response.json, the test entries with each field
+    of responses merged (model_response, and base_response where the run has them)."""
+    answers = [(responses.key, responses.merged()) for responses in fields]
+    atomic_write_json(run_dir / RESPONSES_FILE, [
+        {**entry, **{key: merged[i] for key, merged in answers if merged is not None}} for i, entry in enumerate(entries)
+    ])
 
 
 # ---- export ---------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@
     begin     metrics.jsonl with run_start: from here on RunLifecycle guarantees a run_end
     convert   a resume on another number of ranks: rank 0 converts the checkpoint, the others wait
     engine    the DeepSpeed engine, and the checkpoint a resume continues from
+    base      --base-responses: the test split answered by the initial weights
     train     the training loop, with checkpoints at epoch ends, every --save-every, on a stop and
               at the end
     finish    the final evaluation, the test responses, the model files and loss.png (a resume of
               a run stopped here takes no training step and does only what is missing)
+    judge     --judge-url, after run_end and the other ranks: rank 0 scores the test responses
 
 Order matters for the promise "bad input: one line, non-zero exit, nothing half-written": the
 config, tokenizer, data and weights are all checked before the run directory is created.
@@ -32,10 +34,12 @@ from trainer.gpt2.model import shape
 from trainer.gpt2.precision import resolve_precision
 from trainer.lifecycle import checkpoint, resume, signals
 from trainer.lifecycle.coordination import Coordinator
-from trainer.lifecycle.final import finish
-from trainer.lifecycle.run import EXIT_FAILED, RunLifecycle
+from trainer.lifecycle.final import answer_with_the_initial_weights, finish
+from trainer.lifecycle.judging import check_judge, judge
+from trainer.lifecycle.run import EXIT_FAILED, RunLifecycle, warn
 from trainer.lifecycle.rundir import RunLock, create_run_dir, git_commit, versions, write_config
 from trainer.reporting.events import Checkpoint, RunStart
+from trainer.reporting.notify import Notifier
 from trainer.reporting.runlog import RunLog, Throughput
 from trainer.training import distributed
 from trainer.training.config import BatchLayout, TrainConfig, batch_layout, validate
@@ -91,24 +95,32 @@ def main(config: TrainConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     dist_info = distributed.init(config.dist_timeout)
-    code = EXIT_FAILED
+    # Word on a webhook (rank 0): from the run's start to the end of judging, closed on every path.
+    notifier = Notifier(os.environ[config.notify_env], warn) if config.notify_env and dist_info.is_main else None
+    code, run_dir = EXIT_FAILED, None
     try:
-        code = run(config, dist_info)
-        return code
-    except ValueError as e:  # bad flags or input: identical on every rank, said once
-        if dist_info.is_main:
-            print(f"error: {e}", file=sys.stderr)
-        code = EXIT_USAGE
-        return code
+        try:
+            code, run_dir = run(config, dist_info, notifier)
+        except ValueError as e:  # bad flags or input: identical on every rank, said once
+            if dist_info.is_main:
+                print(f"error: {e}", file=sys.stderr)
+            code = EXIT_USAGE
+        finally:
+            # After a clean run every rank is alive: meet before tearing down, so that no rank
+            # closes its connections while a peer still has collectives in flight (ZeRO-3 ranks
+            # have aborted at exit with "terminate called without an active exception"). After a
+            # failure a peer may be dead, and a barrier would wait for --dist-timeout.
+            distributed.shutdown(barrier=code in (0, EXIT_USAGE, signals.EXIT_INTERRUPTED))
+        if code == 0 and run_dir is not None and config.judge_url and dist_info.is_main:
+            judge(run_dir, config, notifier)  # the other ranks have finished; a judge that fails never fails the run
     finally:
-        # After a clean run every rank is alive: meet before tearing down, so that no rank closes
-        # its connections while a peer still has collectives in flight (ZeRO-3 ranks have aborted
-        # at exit with "terminate called without an active exception"). After a failure a peer
-        # may be dead, and a barrier would wait for --dist-timeout.
-        distributed.shutdown(barrier=code in (0, EXIT_USAGE, signals.EXIT_INTERRUPTED))
+        if notifier is not None:
+            notifier.close()
+    return code
 
 
-def run(config: TrainConfig, dist_info) -> int:
+def run(config: TrainConfig, dist_info, notifier=None) -> tuple[int, Path | None]:
+    """The exit status, and the run directory (None for a dry run)."""
     if config.expect_ranks is not None and config.expect_ranks != dist_info.world_size:
         raise ValueError(f"--expect-ranks {config.expect_ranks}: the launcher started {dist_info.world_size} "
                          f"rank{'s' if dist_info.world_size != 1 else ''} on {', '.join(dist_info.hosts)} "
@@ -121,26 +133,28 @@ def run(config: TrainConfig, dist_info) -> int:
 
             report(config, plan.layout, plan.model, plan.name, plan.data, plan.precision,
                    plan.ds_config["zero_optimization"]["stage"])
-        return 0
+        return 0, None
     place, lock = place_run(config, dist_info, plan)
     try:
-        return run_in(place, lock, config, dist_info, plan, faults)
+        return run_in(place, lock, config, dist_info, plan, faults, notifier), place.run_dir
     finally:
         if lock is not None:
             lock.release()
 
 
 def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info, plan: RunPlan,
-           faults: TestFaults) -> int:
+           faults: TestFaults, notifier) -> int:
     """Every phase from `record` on, in the run directory this launcher holds."""
     if dist_info.is_main:
         record_run(config, dist_info, plan, place)
-    with RunLifecycle(place.run_dir, dist_info, config, throughput(plan, dist_info), lock) as life:
+    with RunLifecycle(place.run_dir, dist_info, config, throughput(plan, dist_info), lock, notifier) as life:
         log = life.begin(run_start(config, dist_info, plan, place))
         life.progress.step = run_start_step(place)
         warn_about_inputs(log, config, plan, life.progress.step)
         convert_checkpoint(config, dist_info, plan, place, life, faults)
         loop = start_engine(config, dist_info, plan, place, life, faults)
+        if config.base_responses:
+            answer_with_the_initial_weights(loop, place.run_dir, life.coordinator)
         layout = plan.layout
         log.print(f"run {place.run_dir}  model {plan.name}  world {dist_info.world_size}  "
                   f"ZeRO-{loop.engine.zero_optimization_stage()}  {plan.precision}  global batch {layout.global_batch} "
@@ -175,6 +189,8 @@ def plan_run(config: TrainConfig, dist_info) -> RunPlan:
                          f"{model.config.context_length} tokens")
     with offline_hint():
         data = prepare_data(config)
+    if config.judge_url and not config.dry_run:
+        Coordinator(dist_info, signals.StopSignals(), namespace="plan").run_alone(None, check_judge, config)
     return RunPlan(layout, precision, ds_config, overridden, data, model, model_name(model.config), weights_info)
 
 

@@ -13,6 +13,7 @@ main thread is stuck in a collective: `end` lets only the first caller write.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import traceback
@@ -30,8 +31,13 @@ EXIT_COMPLETED = 0
 EXIT_FAILED = 1
 
 
+def warn(text: str) -> None:
+    print(f"warning: {text}", file=sys.stderr)
+
+
 class RunLifecycle:
-    def __init__(self, run_dir: Path, dist_info, config: TrainConfig, throughput: Throughput, lock=None):
+    def __init__(self, run_dir: Path, dist_info, config: TrainConfig, throughput: Throughput, lock=None,
+                 notifier=None):
         self.run_dir = run_dir
         self.dist = dist_info
         self.config = config
@@ -42,6 +48,7 @@ class RunLifecycle:
         self.coordinator = Coordinator(dist_info, self.stop, self.heartbeat)
         self.peers = signals.PeerWatch(run_dir / "ranks", dist_info.world_size)
         self.log = RunLog(None, throughput)
+        self.notifier = notifier  # rank 0 with --notify-env (trainer.reporting.notify), owned by the pipeline
         self.progress = Progress()  # the loop's, once it exists: run_end reports its step and tokens
         self.final_val_loss: float | None = None  # set when the last phase is done
         self.exit_code = EXIT_FAILED
@@ -92,7 +99,7 @@ class RunLifecycle:
         """Open metrics.jsonl (rank 0) with this attempt's run_start; from here on a run_end follows."""
         if self.dist.is_main:
             self._writer = MetricsWriter(self.run_dir / "metrics.jsonl")
-            self.log = RunLog(self._writer, self.log.throughput)
+            self.log = RunLog(self._writer, self.log.throughput, self.notifier, self.run_dir.name)
             self._writer.write(run_start)
         return self.log
 
@@ -102,7 +109,7 @@ class RunLifecycle:
             if self._ended or self._writer is None:
                 return
             self._ended = True
-            self._writer.write(RunEnd(
+            self.log.event(RunEnd(
                 status=status, error=error, step=self.progress.step, tokens_total=self.progress.tokens_total,
                 elapsed_s=time.time() - self.log.started,
                 final_val_loss=self.final_val_loss if status == "completed" else None,
@@ -122,3 +129,5 @@ class RunLifecycle:
         names = ", ".join(map(str, ranks))
         self.log.event(Alert(step=self.progress.step, kind="rank_lost", message=f"lost rank {names}", rank=ranks[0]))
         self.end("failed", f"lost rank {names} (no heartbeat; this rank stuck in a collective)")
+        if self.notifier is not None:
+            self.notifier.close()  # the process exits next: post what is queued first

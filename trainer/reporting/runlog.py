@@ -34,8 +34,10 @@ class Throughput:
 
 
 class RunLog:
-    def __init__(self, writer: MetricsWriter | None, throughput: Throughput):
+    def __init__(self, writer: MetricsWriter | None, throughput: Throughput, notifier=None, run_id: str = ""):
         self.writer = writer
+        self.notifier = notifier  # trainer.reporting.notify.Notifier (--notify-env), on rank 0
+        self.run_id = run_id
         self.active = writer is not None
         self.console = Console(highlight=False, soft_wrap=True)  # log lines stay whole in files
         self.throughput = throughput
@@ -50,6 +52,8 @@ class RunLog:
     def event(self, event: Event) -> None:
         if self.writer is not None:
             self.writer.write(event)
+        if self.notifier is not None:
+            self.notifier.notify(self.run_id, event)
 
     def print(self, message: str) -> None:
         if self.active:

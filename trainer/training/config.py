@@ -9,7 +9,10 @@ config is saved into the run directory as config.json.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
+
+from instruct import redact_url
 
 CHAPTER_DATA_URL = (
     "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch07/01_main-chapter-code/instruction-data.json"
@@ -60,6 +63,14 @@ class TrainConfig:
     max_new_tokens: int = 256
     generate_batch: int = 16
     max_bad_steps: int = 5
+    base_responses: bool = False  # also answer the test split with the initial weights, before training
+
+    # Judging and word when the run ends (docs/judge.md, docs/metrics.md)
+    judge_url: str | None = None  # judge the test responses there after run_end
+    judge_model: str = "llama3"  # the chapter's judge
+    judge_api: str = "ollama"  # or "openai"
+    judge_key_env: str | None = None  # environment variable with the judge server's API key
+    notify_env: str | None = None  # environment variable with a webhook URL for run_end, judge_end, alerts
 
     # Runtime
     resume: bool = False
@@ -70,8 +81,10 @@ class TrainConfig:
     dry_run: bool = False
 
     def to_dict(self) -> dict:
+        """As config.json records it: credentials in the judge's URL redacted."""
         d = asdict(self)
         d["split"] = list(self.split)
+        d["judge_url"] = redact_url(self.judge_url) if self.judge_url else None
         return d
 
 
@@ -100,6 +113,13 @@ def validate(config: TrainConfig) -> None:
         (config.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
         (config.dist_timeout > 0, "--dist-timeout must be positive"),
         (config.expect_ranks is None or config.expect_ranks >= 1, "--expect-ranks must be at least 1"),
+        (config.judge_api in ("ollama", "openai"), "--judge-api must be ollama or openai"),
+        (config.judge_url is None or config.judge_url.startswith(("http://", "https://")),
+         "--judge-url must be an http:// or https:// URL"),
+        (not config.judge_key_env or bool(os.environ.get(config.judge_key_env)),
+         f"--judge-key-env: the environment variable {config.judge_key_env} is not set"),
+        (not config.notify_env or bool(os.environ.get(config.notify_env)),
+         f"--notify-env: the environment variable {config.notify_env} is not set"),
         (len(config.split) == 2 and all(f > 0 for f in config.split) and sum(config.split) < 1,
          "--split takes two positive fractions (train,test) summing to less than 1, e.g. 0.85,0.10"),
     ]

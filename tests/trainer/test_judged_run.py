@@ -1,0 +1,129 @@
+"""Judged runs with real ranks and the fake Ollama of the judge's tests: base against tuned in one
+command (--base-responses --judge-url), word on a webhook (--notify-env), and a judge that is down
+at the end never failing the run."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import orjson
+import pytest
+
+from tests.judge.fake_ollama import FakeOllama
+from tests.trainer.launcher import REPO, TINY, events, free_port, of_type, start, wait, wait_for
+from trainer.reporting.metrics import read_events
+
+pytestmark = pytest.mark.slow
+
+RUN = [*TINY, "--max-steps", "3", "--eval-every", "0", "--max-new-tokens", "4"]
+
+
+class Webhook(ThreadingHTTPServer):
+    """A webhook on 127.0.0.1 that keeps the JSON bodies posted to it."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Receiver)
+        self.messages: list[dict] = []
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.messages.append(orjson.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def webhook():
+    server = Webhook()
+    yield server
+    server.close()
+
+
+def test_base_against_tuned_in_one_command(tmp_path, webhook, monkeypatch, no_leftovers):
+    judge = FakeOllama(slots=4, latency_s=0.005).start_in_thread()
+    monkeypatch.setenv("RUN_WEBHOOK", webhook.url)
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_NAN", "1:1:1")  # a non-finite loss: word on the webhook
+    out = tmp_path / "run"
+    try:
+        code, log = wait(start([*RUN, "--base-responses", "--judge-url", judge.url, "--notify-env", "RUN_WEBHOOK",
+                                "--out", str(out)]), timeout=300)
+    finally:
+        judge.stop_thread()
+    assert code == 0, log[-3000:]
+    answers = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
+    assert len(answers) == 110 and all(isinstance(a["base_response"], str) and isinstance(a["model_response"], str)
+                                       for a in answers)
+    scored = orjson.loads((out / "instruction-data-with-response.scored.json").read_bytes())
+    assert all(isinstance(e["model_response_score"], int) and isinstance(e["base_response_score"], int) for e in scored)
+    summary = orjson.loads((out / "instruction-data-with-response.scored.summary.json").read_bytes())
+    [pair] = summary["paired"]
+    assert (pair["a"], pair["b"], pair["n"]) == ("model_response", "base_response", 110)
+
+    types = [e["type"] for e in events(out)]
+    assert types[-3:] == ["run_end", "judge_start", "judge_end"]
+    run_end, start_event, end = events(out)[-3:]
+    assert run_end["status"] == "completed" and start_event["keys"] == ["model_response", "base_response"]
+    assert end["status"] == "completed" and end["summary"] == "instruction-data-with-response.scored.summary.json"
+    assert end["mean"] == summary["keys"]["model_response"]["mean"]
+    assert end["base_mean"] == summary["keys"]["base_response"]["mean"]
+    assert end["tuned_minus_base"] == {"n": 110, "mean_diff": pair["mean_diff"], "ci95": pair["ci95"]}
+    assert f"Average score: {end['mean']:.2f}" in log and "Tuned minus base: " in log
+
+    texts = [m["text"] for m in webhook.messages]
+    assert any("nonfinite_loss at step 1" in t for t in texts), texts
+    assert any("run completed at step 3" in t for t in texts), texts
+    assert any(t.startswith(f"{out.name}: judged: mean score ") for t in texts), texts
+
+
+def test_a_judge_down_at_the_end_never_fails_the_run(tmp_path, monkeypatch, no_leftovers):
+    """Up for the check before the first step, down when the run ends: the run completes,
+    judge_end says why and how to finish, and that command completes the files later. A webhook
+    that does not answer is reported once and changes nothing either."""
+    port = free_port()
+    judge = FakeOllama(port=port, latency_s=0.005).start_in_thread()
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:export:10")  # time enough to stop the judge first
+    monkeypatch.setenv("RUN_WEBHOOK", f"http://127.0.0.1:{free_port()}/nobody-listens")
+    out = tmp_path / "run"
+    proc = start([*RUN, "--judge-url", judge.url, "--notify-env", "RUN_WEBHOOK", "--out", str(out)])
+    wait_for(lambda: any(e["type"] == "checkpoint" for e in read_events(out / "metrics.jsonl")), 240, "the last step")
+    judge.stop_thread()
+    code, log = wait(proc, timeout=300)
+    assert code == 0, log[-3000:]
+    run_end, _, end = events(out)[-3:]
+    assert run_end["status"] == "completed" and end["type"] == "judge_end" and end["status"] == "failed"
+    assert end["error"].startswith("judge exited with ") and end["mean"] is None
+    assert log.count("the webhook of --notify-env did not take a message") == 1
+    assert of_type(events(out), "run_end") == [run_end]
+
+    judge = FakeOllama(port=port, latency_s=0.005).start_in_thread()
+    try:
+        command = shlex.split(end["command"])
+        assert command[:4] == ["python", "-m", "judge", "score"]
+        done = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120, cwd=REPO)
+    finally:
+        judge.stop_thread()
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = orjson.loads((out / "instruction-data-with-response.scored.summary.json").read_bytes())
+    assert summary["keys"]["model_response"]["scored"] == 110
