@@ -92,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--judge-model", default=DEFAULTS.judge_model, help="the judge model")
     j.add_argument("--judge-api", choices=["ollama", "openai"], default=DEFAULTS.judge_api)
     j.add_argument("--judge-key-env", default=None, metavar="NAME", help="environment variable with the judge's API key")
+    j.add_argument("--judge-samples", type=int, default=DEFAULTS.judge_samples, metavar="K",
+                   help="judged evaluations: K validation prompts answered at up to 10 evaluations (evals/step-<N>.json), "
+                        "scored by python -m judge follow (started by the run with --judge-url); 0: none")
+    j.add_argument("--judge-every", type=int, default=None, metavar="N",
+                   help="with --judge-samples: a judged evaluation every N steps instead")
     j.add_argument("--notify-env", default=None, metavar="NAME",
                    help="environment variable holding a webhook URL (Slack, Discord): a message on run_end, judge_end, "
                         "non-finite losses and lost ranks")

@@ -34,6 +34,7 @@ from trainer.gpt2.model import shape
 from trainer.gpt2.precision import resolve_precision
 from trainer.lifecycle import checkpoint, resume, signals
 from trainer.lifecycle.coordination import Coordinator
+from trainer.lifecycle.evals import JudgedEvaluations, forget_after
 from trainer.lifecycle.final import answer_with_the_initial_weights, finish
 from trainer.lifecycle.judging import check_judge, judge
 from trainer.lifecycle.run import EXIT_FAILED, RunLifecycle, warn
@@ -150,6 +151,8 @@ def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info
     with RunLifecycle(place.run_dir, dist_info, config, throughput(plan, dist_info), lock, notifier) as life:
         log = life.begin(run_start(config, dist_info, plan, place))
         life.progress.step = run_start_step(place)
+        if place.point is not None and dist_info.is_main:
+            forget_after(place.run_dir, life.progress.step)
         warn_about_inputs(log, config, plan, life.progress.step)
         convert_checkpoint(config, dist_info, plan, place, life, faults)
         loop = start_engine(config, dist_info, plan, place, life, faults)
@@ -159,7 +162,8 @@ def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info
         log.print(f"run {place.run_dir}  model {plan.name}  world {dist_info.world_size}  "
                   f"ZeRO-{loop.engine.zero_optimization_stage()}  {plan.precision}  global batch {layout.global_batch} "
                   f"= {layout.micro_batch} x {layout.grad_accum} x {dist_info.world_size}  {loop.total_steps} steps")
-        train(loop, place.run_dir, life)
+        evals = JudgedEvaluations(loop, place.run_dir) if config.judge_samples else None
+        train(loop, place.run_dir, life, evals)
         life.final_val_loss = finish(loop, place.run_dir, life.coordinator)
         log.print(f"done: final val loss {life.final_val_loss:.4f}; outputs in {place.run_dir}")
     return life.exit_code
@@ -401,7 +405,7 @@ def start_engine(config: TrainConfig, dist_info, plan: RunPlan, place: RunPlace,
 # ---- train: the loop and its checkpoints --------------------------------------------------------
 
 
-def train(loop: TrainingLoop, run_dir: Path, life: RunLifecycle) -> None:
+def train(loop: TrainingLoop, run_dir: Path, life: RunLifecycle, evals: JudgedEvaluations | None) -> None:
     """Train to the end and save the last step (the final phases resume from it); on a stop the
     ranks agreed on, save a checkpoint and stop (re-raised)."""
     config, dist_info, log = loop.config, loop.dist, life.log
@@ -419,7 +423,11 @@ def train(loop: TrainingLoop, run_dir: Path, life: RunLifecycle) -> None:
         life.heartbeat.phase = "idle"
 
     def on_step_end(result) -> None:
-        if config.save_every and not result.skipped and loop.progress.step % config.save_every == 0:
+        if result.skipped:
+            return
+        if evals is not None:
+            evals(loop.progress.step)
+        if config.save_every and loop.progress.step % config.save_every == 0:
             save_checkpoint()
 
     log.start_training(loop.total_steps, loop.progress.step)

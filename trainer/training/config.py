@@ -70,6 +70,8 @@ class TrainConfig:
     judge_model: str = "llama3"  # the chapter's judge
     judge_api: str = "ollama"  # or "openai"
     judge_key_env: str | None = None  # environment variable with the judge server's API key
+    judge_samples: int = 0  # K validation prompts answered at judged evaluations (evals/step-<N>.json); 0: none
+    judge_every: int | None = None  # judged evaluations every N steps (default: up to 10 of the evaluations)
     notify_env: str | None = None  # environment variable with a webhook URL for run_end, judge_end, alerts
 
     # Runtime
@@ -114,6 +116,8 @@ def validate(config: TrainConfig) -> None:
         (config.dist_timeout > 0, "--dist-timeout must be positive"),
         (config.expect_ranks is None or config.expect_ranks >= 1, "--expect-ranks must be at least 1"),
         (config.judge_api in ("ollama", "openai"), "--judge-api must be ollama or openai"),
+        (config.judge_samples >= 0, "--judge-samples must not be negative"),
+        (config.judge_every is None or config.judge_every >= 1, "--judge-every must be at least 1"),
         (config.judge_url is None or config.judge_url.startswith(("http://", "https://")),
          "--judge-url must be an http:// or https:// URL"),
         (not config.judge_key_env or bool(os.environ.get(config.judge_key_env)),
