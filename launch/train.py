@@ -81,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--max-new-tokens", type=int, default=DEFAULTS.max_new_tokens, help="per test response")
     e.add_argument("--generate-batch", type=int, default=DEFAULTS.generate_batch, help="test prompts generated at once per rank")
     e.add_argument("--max-bad-steps", type=int, default=DEFAULTS.max_bad_steps, help="non-finite losses in a row before the run stops")
+    e.add_argument("--export-gguf", action="store_true", help="also write the model as gguf/<name>.gguf (f16) with an Ollama Modelfile, for llama.cpp and Ollama")
     e.add_argument("--base-responses", action="store_true",
                    help="before the first step, answer the test split with the initial weights too (base_response), "
                         "so that the judge can say how much fine-tuning helped")

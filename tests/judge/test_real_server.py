@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -22,15 +18,9 @@ import pytest
 
 from judge.clients import ServerConfig
 from judge.scorer import ScoreConfig, score_file
+from testkit.llamaserver import llama_server as serve
 
 CACHE = Path(os.environ.get("GPT2_INSTRUCT_CACHE", Path.home() / ".cache" / "gpt2-instruct"))
-START_TIMEOUT_S = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -40,36 +30,10 @@ def llama_server(tmp_path_factory):
     model_path = CACHE / gguf.MODEL_NAME
     if not model_path.exists():
         gguf.assemble(model_path)
-    port = free_port()
     log = tmp_path_factory.mktemp("llama") / "server.log"
-    with open(log, "wb") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
-             "--port", str(port), "--model_alias", "gemma3-270m", "--chat_format", "gemma",
-             "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)],
-            stdout=log_file, stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {server.returncode}: {log.read_text()[-2000:]}")
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2).read()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"llama_cpp.server not up after {START_TIMEOUT_S} s")
-                time.sleep(0.5)
+    with serve(model_path, log, "--model_alias", "gemma3-270m", "--chat_format", "gemma",
+               "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)) as url:
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
 
 
 @pytest.mark.slow

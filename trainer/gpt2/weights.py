@@ -390,7 +390,7 @@ def chapter_filename(config: GPTConfig) -> str:
 
 def export_chapter_pth(model: GPT, path: str | Path) -> None:
     chapter = state_dict_to_chapter(_cpu_state(model), model.config)
-    _write_atomically(Path(path), lambda tmp: torch.save(chapter, tmp))
+    write_atomically(Path(path), lambda tmp: torch.save(chapter, tmp))
 
 
 def export_hf(model: GPT, directory: str | Path) -> None:
@@ -398,7 +398,7 @@ def export_hf(model: GPT, directory: str | Path) -> None:
     directory = Path(directory)
     config = model.config
     tensors = state_dict_to_hf(_cpu_state(model), config)
-    _write_atomically(
+    write_atomically(
         directory / "model.safetensors",
         lambda tmp: safetensors.torch.save_file(tensors, tmp, metadata={"format": "pt"}),
     )
@@ -425,7 +425,7 @@ def _cpu_state(model: GPT) -> StateDict:
     return {name: t.detach().cpu() for name, t in model.state_dict().items()}
 
 
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     """write(tmp) then rename over path, as instruct.atomic_write_bytes does for bytes in memory;
     here the writer streams to disk, since an xl model does not fit in memory twice."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,8 @@
    journals in file order. A resume, on any number of ranks, generates only what no journal holds;
 3. export (rank 0 alone, the others waiting outside any collective): the fine-tuned model as the
    chapter names it (e.g. gpt2-medium355M-sft.pth, chapter key names), as Hugging Face files
-   (hf/model.safetensors + hf/config.json), and loss.png.
+   (hf/model.safetensors + hf/config.json), with --export-gguf as gguf/<name>.gguf and its Ollama
+   Modelfile, and loss.png.
 
 A stop on any rank interrupts every phase within one batch (trainer/lifecycle/coordination.py).
 """
@@ -23,6 +24,7 @@ import torch
 
 from instruct import atomic_write_json, format_input
 from trainer.gpt2.generation import GenerationSettings, generate_responses, length_sorted_batches
+from trainer.gpt2.gguf_export import export_gguf
 from trainer.gpt2.journal import JournalMismatch, ResponseJournal
 from trainer.gpt2.tokenizer import ENDOFTEXT
 from trainer.gpt2.weights import chapter_filename, export_chapter_pth, export_hf
@@ -191,5 +193,8 @@ def export_outputs(loop, run_dir: Path, model, coordinator) -> None:
     export_chapter_pth(exportable, run_dir / chapter_filename(exportable.config))
     coordinator.check_stop()
     export_hf(exportable, run_dir / "hf")
+    if loop.config.export_gguf:
+        coordinator.check_stop()
+        export_gguf(exportable, loop.data.tokenizer, run_dir / "gguf")
     coordinator.check_stop()
     plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png")

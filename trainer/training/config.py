@@ -63,6 +63,7 @@ class TrainConfig:
     max_new_tokens: int = 256
     generate_batch: int = 16
     max_bad_steps: int = 5
+    export_gguf: bool = False  # also gguf/<name>.gguf (f16) and its Ollama Modelfile (docs/gguf.md)
     base_responses: bool = False  # also answer the test split with the initial weights, before training
 
     # Judging and word when the run ends (docs/judge.md, docs/metrics.md)
