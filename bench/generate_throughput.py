@@ -75,7 +75,7 @@ def recompute_one_at_a_time(model: GPT, prompts: list[list[int]], settings: Sett
 def kv_cache_batched(model: GPT, prompts: list[list[int]], settings: Settings, features: Features) -> list[list[int]]:
     outputs: list[list[int]] = [[] for _ in prompts]
     generation = GenerationSettings(max_new_tokens=settings.max_new_tokens, compile=features.compile)
-    for indices in length_sorted_batches(prompts, settings.batch_size):
+    for indices in length_sorted_batches([len(p) for p in prompts], settings.batch_size):
         batch = generate(model, [prompts[i] for i in indices], generation)
         for i, tokens in zip(indices, batch):
             outputs[i] = tokens

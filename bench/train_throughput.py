@@ -42,7 +42,7 @@ from trainer.gpt2.precision import native_bf16  # noqa: E402
 from trainer.gpt2.tokenizer import get_tokenizer  # noqa: E402
 from trainer.reporting.mfu import mfu  # noqa: E402
 from trainer.training.batches import epoch_batches, epoch_order  # noqa: E402
-from trainer.training.data import Example, InstructionDataset, collate, split_entries  # noqa: E402
+from trainer.training.data import Example, InstructionDataset, collate, split_entries, tokenize  # noqa: E402
 from trainer.training.loss import target_count, token_loss_sum  # noqa: E402
 from trainer.training.packing import forward_kwargs, pack, row_multiple_for  # noqa: E402
 from testkit.attention import use_hand_written_attention  # noqa: E402
@@ -225,7 +225,7 @@ def measure(row: Row, baseline: Run, sample: list[Example], warmup: list[Example
 
 def chapter_training_examples(data: Path, tokenizer_dir: Path) -> list[Example]:
     train, _, _ = split_entries(read_entries(data))  # the chapter's split: first 85%
-    return InstructionDataset(train, get_tokenizer(tokenizer_dir)).examples
+    return list(InstructionDataset(tokenize(train, get_tokenizer(tokenizer_dir))))
 
 
 def synthetic_examples(count: int, length: int, seed: int) -> list[Example]:

@@ -8,7 +8,7 @@ and the chapter's reported scores depend on it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import BinaryIO, Iterable, Iterator
 
 import orjson
 
@@ -43,26 +43,86 @@ def format_prompt(entry: dict) -> str:
     return format_input(entry) + RESPONSE_HEADER
 
 
-def _parse(path: Path, raw: bytes) -> list:
-    """A JSON list, or JSONL (one object per non-empty line)."""
-    stripped = raw.lstrip()
-    if stripped[:1] == b"[":
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError as e:
-            raise EntryError(f"{path}: not valid JSON ({e})") from None
-        return data
-    entries = []
-    for line_number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entries.append(orjson.loads(line))
-        except orjson.JSONDecodeError as e:
-            raise EntryError(f"{path}: line {line_number} is not valid JSON ({e})") from None
-    if not entries and stripped[:1] not in (b"{", b""):
-        raise EntryError(f"{path}: not a JSON list or JSONL file")
-    return entries
+def iter_entries(
+    path: str | Path,
+    required: Iterable[str] = ("instruction", "output"),
+    optional: Iterable[str] = ("input",),
+) -> Iterator[dict]:
+    """The entries of a JSON list or JSONL file, each checked as it is read (see `read_entries`).
+
+    A JSONL file is streamed a line at a time, so a million entries never sit in memory at once;
+    a JSON list is parsed whole. An empty file yields nothing.
+    """
+    path = Path(path)
+    required, optional = tuple(required), tuple(optional)
+    try:
+        with open(path, "rb") as f:
+            start = len(UTF8_BOM) if f.read(len(UTF8_BOM)) == UTF8_BOM else 0  # files saved on Windows
+            f.seek(start)
+            first = _first_byte(f)
+            f.seek(start)
+            entries = _parse_list(path, f.read()) if first == b"[" else _parse_lines(path, f)
+            for index, entry in enumerate(entries):
+                _check_entry(path, index, entry, required, optional)
+                yield entry
+    except OSError as e:
+        raise unreadable(path, e) from None
+
+
+def unreadable(path: Path, error: OSError) -> EntryError:
+    """The one-line error for an instruction file that cannot be read."""
+    if isinstance(error, FileNotFoundError):
+        return EntryError(f"{path}: file not found")
+    if isinstance(error, IsADirectoryError):
+        return EntryError(f"{path}: is a directory, not an instruction file")
+    return EntryError(f"{path}: cannot read ({error.strerror})")
+
+
+def _first_byte(f: BinaryIO) -> bytes:
+    """The first byte that is not whitespace (b"" when there is none)."""
+    while chunk := f.read(1 << 16):
+        if stripped := chunk.lstrip():
+            return stripped[:1]
+    return b""
+
+
+def _parse_list(path: Path, raw: bytes) -> list:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        raise EntryError(f"{path}: not valid JSON ({e})") from None
+
+
+def _parse_lines(path: Path, f: BinaryIO) -> Iterator:
+    """JSONL: one value per non-empty line. Lines end as bytes.splitlines ends them (\n, \r, \r\n)."""
+    line_number = 0
+    for physical in f:
+        for line in physical.splitlines():
+            line_number += 1
+            if not line.strip():
+                continue
+            try:
+                yield orjson.loads(line)
+            except orjson.JSONDecodeError as e:
+                raise EntryError(f"{path}: line {line_number} is not valid JSON ({e})") from None
+
+
+def _check_entry(path: Path, index: int, entry, required: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    """`required` fields must be strings; `optional` fields, where present, must be strings or null."""
+    if not isinstance(entry, dict):
+        raise EntryError(f"{path}: entry {index}: expected an object, got {type(entry).__name__}")
+    for field in required:
+        if field not in entry:
+            raise EntryError(f"{path}: entry {index}: missing field '{field}'")
+        if not isinstance(entry[field], str):
+            raise EntryError(
+                f"{path}: entry {index}: field '{field}' must be a string, got {type(entry[field]).__name__}"
+            )
+    for field in optional:
+        if field in entry and entry[field] is not None and not isinstance(entry[field], str):
+            raise EntryError(
+                f"{path}: entry {index}: field '{field}' must be a string, got {type(entry[field]).__name__}"
+            )
 
 
 def read_entries(
@@ -76,35 +136,7 @@ def read_entries(
     Nothing is dropped silently: the first bad entry stops the read with an EntryError whose
     message names the file, the entry index (0-based) and the field.
     """
-    path = Path(path)
-    try:
-        raw = path.read_bytes().removeprefix(UTF8_BOM)  # files saved on Windows start with one
-    except FileNotFoundError:
-        raise EntryError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise EntryError(f"{path}: is a directory, not an instruction file") from None
-    except OSError as e:
-        raise EntryError(f"{path}: cannot read ({e.strerror})") from None
-    entries = _parse(path, raw)
-    if not isinstance(entries, list):
-        raise EntryError(f"{path}: expected a JSON list of entries, got {type(entries).__name__}")
+    entries = list(iter_entries(path, required, optional))
     if not entries:
         raise EntryError(f"{path}: holds no entries")
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, dict):
-            raise EntryError(f"{path}: entry {index}: expected an object, got {type(entry).__name__}")
-        for field in required:
-            if field not in entry:
-                raise EntryError(f"{path}: entry {index}: missing field '{field}'")
-            if not isinstance(entry[field], str):
-                raise EntryError(
-                    f"{path}: entry {index}: field '{field}' must be a string, "
-                    f"got {type(entry[field]).__name__}"
-                )
-        for field in optional:
-            if field in entry and entry[field] is not None and not isinstance(entry[field], str):
-                raise EntryError(
-                    f"{path}: entry {index}: field '{field}' must be a string, "
-                    f"got {type(entry[field]).__name__}"
-                )
     return entries

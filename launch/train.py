@@ -115,7 +115,11 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--expect-ranks", type=int, default=expected_ranks(), metavar="N",
                    help="refuse to start unless the launcher started N ranks (a misspelled --hostfile falls back to "
                         f"this node alone); default ${EXPECT_RANKS_ENV}")
-    r.add_argument("--dry-run", action="store_true", help="print sizes, steps and memory estimates, then exit")
+    r.add_argument("--dry-run", action="store_true",
+                   help="print sizes, steps, tokens per step, memory estimates and whether the data's token cache "
+                        "exists (building it if not), then exit")
+    r.add_argument("--world-size", type=int, default=None, metavar="N",
+                   help="with --dry-run: plan for N ranks (a cluster, from a laptop) instead of the launcher's")
     r.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)  # passed by the launcher
     return p
 

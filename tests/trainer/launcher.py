@@ -2,58 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import orjson
 import psutil
 
+from testkit.launcher import free_port, kill_group, start  # noqa: F401 (the tests' names for them)
 from testkit.paths import INSTRUCTION_DATA as DATA
-from testkit.paths import REPO
+from testkit.paths import REPO  # noqa: F401
 from testkit.paths import TOKENIZER_DIR as TOKENIZER
 from trainer.reporting.metrics import read_events
 
 # The tiny preset on the chapter's data, quick to train and to generate from.
 TINY = ["--model", "tiny", "--weights", "none", "--data", str(DATA), "--tokenizer-dir", str(TOKENIZER)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["DS_ACCELERATOR"] = "cpu"
-    e["PYTHONUNBUFFERED"] = "1"
-    e.setdefault("OMP_NUM_THREADS", "1")  # two ranks share two cores
-    return e
-
-
-def start(args: list[str], ranks: int = 2, launcher_args: list[str] | None = None, **popen) -> subprocess.Popen:
-    """Start a launcher in its own process group (so a test can signal or kill all of it).
-
-    The returned process carries the job's `master_port`, which names its shared-memory buffers.
-    """
-    port = free_port()
-    cmd = [
-        sys.executable, "-m", "deepspeed.launcher.runner",
-        "--num_gpus", str(ranks), "--master_port", str(port),
-        *(launcher_args or []),
-        str(REPO / "launch" / "train.py"), *args,
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env(), start_new_session=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen,
-    )
-    proc.master_port = port
-    return proc
 
 
 def shared_memory_buffers(port: int) -> list[Path]:
@@ -69,13 +32,6 @@ def wait(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
         out, _ = proc.communicate()
         raise AssertionError(f"launcher still running after {timeout}s:\n{out[-4000:]}")
     return proc.returncode, out
-
-
-def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def train(args: list[str], ranks: int = 2, timeout: float = 300, launcher_args: list[str] | None = None) -> tuple[int, str]:

@@ -10,7 +10,7 @@ from testkit.paths import INSTRUCTION_DATA, TOKENIZER_DIR
 from trainer.gpt2.model import GPT, preset
 from trainer.gpt2.tokenizer import get_tokenizer
 from trainer.training.batches import epoch_order, global_batches
-from trainer.training.data import InstructionDataset, collate, split_entries
+from trainer.training.data import InstructionDataset, collate, split_entries, tokenize
 from trainer.training.loss import target_count, token_loss_sum
 
 
@@ -21,7 +21,7 @@ def reference_steps(batch_indices: list[int], lrs: list[float], clip: float | No
     torch.manual_seed(123)
     model = GPT(preset("tiny"))
     train_split, _, _ = split_entries(read_entries(INSTRUCTION_DATA))
-    dataset = InstructionDataset(train_split, get_tokenizer(TOKENIZER_DIR))
+    dataset = InstructionDataset(tokenize(train_split, get_tokenizer(TOKENIZER_DIR)))
     batches = global_batches(epoch_order(len(dataset), 123, 1), 8)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lrs[0], weight_decay=0.1)
     norms = []

@@ -15,8 +15,10 @@ from trainer.training.data import (
     InstructionDataset,
     collate,
     count_truncated,
-    load_instruction_data,
+    data_file,
     split_entries,
+    split_indices,
+    tokenize,
 )
 from trainer.gpt2.fetch import DownloadError
 from trainer.gpt2.tokenizer import get_tokenizer
@@ -37,17 +39,17 @@ def gpt2(tokenizer_dir):
 
 @pytest.fixture(scope="module")
 def entries(instruction_data):
-    return load_instruction_data(str(instruction_data))[0]
+    return read_entries(instruction_data)
 
 
 @pytest.fixture(scope="module")
 def dataset(entries, gpt2):
-    return InstructionDataset(entries, gpt2)
+    return InstructionDataset(tokenize(entries, gpt2))
 
 
-def test_load_returns_every_entry_and_the_file(instruction_data):
-    entries, path = load_instruction_data(str(instruction_data))
-    assert path == instruction_data
+def test_a_local_file_is_read_where_it_is(instruction_data):
+    assert data_file(str(instruction_data)) == instruction_data
+    entries = read_entries(instruction_data)
     assert entries == orjson.loads(instruction_data.read_bytes())
     assert len(entries) == 1100
 
@@ -55,7 +57,30 @@ def test_load_returns_every_entry_and_the_file(instruction_data):
 def test_jsonl_source(entries, tmp_path):
     jsonl = tmp_path / "data.jsonl"
     jsonl.write_bytes(b"\n".join(orjson.dumps(entry) for entry in entries[:3]) + b"\n")
-    assert load_instruction_data(str(jsonl)) == (entries[:3], jsonl)
+    assert read_entries(jsonl) == entries[:3]
+
+
+def test_jsonl_is_streamed_entry_by_entry(entries, tmp_path):
+    """iter_entries hands out each JSONL entry as its line is read: an error on line 3 comes after
+    the first two entries (a JSON list is parsed whole first)."""
+    from instruct import iter_entries
+
+    jsonl = tmp_path / "data.jsonl"
+    jsonl.write_bytes(b"\n".join(orjson.dumps(entry) for entry in entries[:2]) + b"\n{broken\n")
+    seen = []
+    with pytest.raises(EntryError, match="line 3 is not valid JSON"):
+        for entry in iter_entries(jsonl):
+            seen.append(entry)
+    assert seen == entries[:2]
+
+
+def test_split_indices_are_the_entries_split(entries):
+    """The run splits indices; they pick exactly the entries split_entries picks, seeded or not."""
+    for seed in (None, 123):
+        parts = split_indices(len(entries), seed=seed)
+        assert all(p.dtype == "int64" for p in parts)
+        assert tuple([entries[i] for i in part] for part in parts) == split_entries(entries, seed=seed)
+    assert [len(p) for p in split_indices(1_000_000)] == [850_000, 100_000, 50_000]
 
 
 def test_chapter_split(entries):
@@ -108,7 +133,7 @@ def test_tokens_equal_the_chapter_encoding(dataset, entries, gpt2):
 
 
 def test_token_length_stats(dataset):
-    lengths = dataset.lengths
+    lengths = dataset.lengths.tolist()
     assert lengths == [len(example.token_ids) for example in dataset]
     assert (min(lengths), max(lengths), sum(lengths)) == (40, 91, 62025)
     prompt_lengths = [example.prompt_length for example in dataset]
@@ -164,7 +189,7 @@ def test_count_truncated_agrees_with_collate(dataset):
     assert changed == eot_cut  # truncation costs exactly the examples whose <|endoftext|> it cuts
     assert count_truncated(dataset, max_length) == (longer, eot_cut) == (329, 289)
     # The longest examples have 91 tokens (3 of them): at 91 they fit, losing nothing.
-    assert dataset.lengths.count(91) == 3 and dataset.lengths.count(90) == 0
+    assert dataset.lengths.tolist().count(91) == 3 and dataset.lengths.tolist().count(90) == 0
     assert count_truncated(dataset, 92) == (0, 0)
     assert count_truncated(dataset, 91) == (3, 0)
     assert count_truncated(dataset, 90) == (3, 3)
@@ -191,7 +216,7 @@ def write(path, data: bytes):
 def test_bad_files_are_one_line_errors(tmp_path, content, expected):
     path = write(tmp_path / "bad.json", content)
     with pytest.raises(EntryError) as raised:
-        load_instruction_data(str(path))
+        read_entries(path)
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"{path}{expected}")
@@ -219,12 +244,11 @@ def test_url_source_is_downloaded_once(instruction_data, tmp_path, monkeypatch):
         thread.start()
         try:
             url = f"http://127.0.0.1:{server.server_address[1]}/{instruction_data.name}"
-            entries, path = load_instruction_data(url)
+            path = data_file(url)
             assert CountingHandler.requests_served == 1
             assert path.is_relative_to(tmp_path / "cache")
             assert path.read_bytes() == instruction_data.read_bytes()
-            assert entries == orjson.loads(instruction_data.read_bytes())
-            assert load_instruction_data(url) == (entries, path)
+            assert data_file(url) == path
             assert CountingHandler.requests_served == 1
         finally:
             server.shutdown()
@@ -238,7 +262,7 @@ def test_unreachable_url_is_one_line(tmp_path, monkeypatch):
         port = s.getsockname()[1]  # closed again: connections are refused, as offline
     url = f"http://127.0.0.1:{port}/instruction-data.json"
     with pytest.raises(DownloadError) as raised:
-        load_instruction_data(url)
+        data_file(url)
     message = str(raised.value)
     assert "\n" not in message
     assert message.startswith(f"could not download instruction-data.json from {url} (")

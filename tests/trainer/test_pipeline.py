@@ -116,7 +116,7 @@ def test_exports_match_the_trained_model(finished_run, tmp_path):
     loads into transformers with the same logits."""
     from transformers import GPT2LMHeadModel
 
-    from trainer.training.data import InstructionDataset, collate, split_entries
+    from trainer.training.data import InstructionDataset, collate, split_entries, tokenize
     from trainer.training.loss import target_count, token_loss_sum
     from trainer.gpt2.tokenizer import get_tokenizer
     from trainer.gpt2.weights import load_model
@@ -128,7 +128,7 @@ def test_exports_match_the_trained_model(finished_run, tmp_path):
     assert info.format == "chapter"
     model.eval()
     _, _, val = split_entries(read_entries(DATA))
-    dataset = InstructionDataset(val, get_tokenizer(TOKENIZER))
+    dataset = InstructionDataset(tokenize(val, get_tokenizer(TOKENIZER)))
     total, tokens = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(dataset), 8):
@@ -204,7 +204,11 @@ def test_compile_keeps_the_curve_and_generates_the_eager_responses(tmp_path):
     assert [e["model_response"] for e in written[: len(shard)]] == expected
 
 
-def test_two_nodes_on_loopback_share_one_run_directory(tmp_path):
+def test_two_nodes_on_loopback_share_one_run_directory_and_one_token_cache(tmp_path, tmp_path_factory, monkeypatch):
+    """Both nodes find no token cache in the folder they share: each builds one (or finds the
+    other's, if it came first); the first rename wins and one complete cache is left."""
+    cache = tmp_path_factory.mktemp("shared-cache")
+    monkeypatch.setenv("GPT2_INSTRUCT_CACHE", str(cache))
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
     out = tmp_path / "run"
@@ -223,6 +227,8 @@ def test_two_nodes_on_loopback_share_one_run_directory(tmp_path):
     evs = events(out)
     assert evs[0]["world_size"] == 2 and evs[-1]["status"] == "completed"
     assert [p.name for p in tmp_path.iterdir() if p.name != "hostfile"] == ["run"]
+    [key] = [p.name for p in (cache / "tokens").iterdir()]
+    assert not key.startswith(".") and (cache / "tokens" / key / "manifest.json").is_file()
 
 
 def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):

@@ -9,7 +9,6 @@ import time
 import orjson
 import pytest
 
-from trainer.training.config import TrainConfig
 from trainer.reporting.lossplot import loss_history
 from trainer.lifecycle.resume import newest_unfinished, run_status
 
@@ -55,16 +54,3 @@ def test_resume_without_out_picks_the_newest_unfinished_run(tmp_path):
     assert newest_unfinished(runs) == runs / "c-interrupted"
     with pytest.raises(ValueError, match="no unfinished run under"):
         newest_unfinished(tmp_path / "empty")
-
-
-def test_shuffle_split_is_seeded_and_keeps_every_entry(instruction_data, tokenizer_dir):
-    from trainer.lifecycle.pipeline import prepare_data
-
-    plain = prepare_data(TrainConfig(data=str(instruction_data), tokenizer_dir=str(tokenizer_dir)))
-    shuffled = prepare_data(TrainConfig(data=str(instruction_data), tokenizer_dir=str(tokenizer_dir), shuffle_split=True))
-    again = prepare_data(TrainConfig(data=str(instruction_data), tokenizer_dir=str(tokenizer_dir), shuffle_split=True))
-    assert [len(d.train_entries) for d in (plain, shuffled)] == [935, 935]
-    assert shuffled.train_entries != plain.train_entries and shuffled.test_entries == again.test_entries
-    key = lambda e: (e["instruction"], e["input"], e["output"])  # noqa: E731
-    everything = lambda d: sorted(map(key, d.train_entries + d.test_entries + d.val_entries))  # noqa: E731
-    assert everything(shuffled) == everything(plain)

@@ -23,7 +23,7 @@ from testkit.attention import use_hand_written_attention
 from testkit.compilation import compiled_graphs
 from tests.trainer.launcher import TINY, events, of_type, train
 from trainer.training.batches import epoch_order, global_batches, group_by_length_order, micro_batches, rank_slice
-from trainer.training.data import Example, InstructionDataset, collate, split_entries
+from trainer.training.data import Example, InstructionDataset, collate, split_entries, tokenize
 from trainer.training.loss import IGNORE_INDEX, target_count, token_loss_sum
 from trainer.gpt2.model import GPT, preset
 from trainer.gpt2.tokenizer import EOT_TOKEN_ID
@@ -37,7 +37,7 @@ GLOBAL_BATCH = 8
 @pytest.fixture(scope="module")
 def train_examples(instruction_data, tokenizer_dir) -> list[Example]:
     train_entries, _, _ = split_entries(read_entries(instruction_data))
-    return InstructionDataset(train_entries, get_tokenizer(tokenizer_dir)).examples
+    return list(InstructionDataset(tokenize(train_entries, get_tokenizer(tokenizer_dir))))
 
 
 def tiny_model(hand_written: bool = False) -> GPT:

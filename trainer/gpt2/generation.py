@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -219,10 +219,11 @@ def extract_response(text: str, prompt: str) -> str:
     return text[len(prompt):].replace(RESPONSE_MARK, "").strip()
 
 
-def length_sorted_batches(prompts: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices of the prompts in batches of similar lengths (less padding to compute), the
-    longest first so that running out of memory happens at once rather than at the end."""
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]), reverse=True)
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of the prompts of these lengths in batches of similar lengths (less padding to
+    compute), the longest first so that running out of memory happens at once rather than at the
+    end."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
@@ -244,7 +245,7 @@ def response_batches(
     """
     input_texts = [format_input(entry) for entry in entries]
     prompts = [tokenizer.encode(text, allowed_special={ENDOFTEXT}) for text in input_texts]
-    for indices in length_sorted_batches(prompts, settings.batch_size):
+    for indices in length_sorted_batches([len(p) for p in prompts], settings.batch_size):
         outputs = generate(model, [prompts[i] for i in indices], settings, generator=generator)
         # Decoding only the new tokens equals the chapter's decoding the whole sequence and
         # slicing the prompt off: the prompt's bytes are complete UTF-8 on their own.

@@ -69,22 +69,27 @@ class Coordinator:
 
     # ---- rank 0 alone ------------------------------------------------------------------------
 
-    def run_alone(self, phase: str | None, fn, *args):
+    def run_alone(self, phase: str | None, fn, *args, per_node: bool = False):
         """fn(*args) on rank 0 (heartbeat phase `phase`); every rank gets its result. The others
         wait outside any collective (phase `wait_<phase>`). fn's ValueError or RuntimeError is
-        raised on every rank as a ValueError; a stop during fn (StopRequested) on every rank."""
+        raised on every rank as a ValueError; a stop during fn (StopRequested) on every rank.
+        per_node: local rank 0 of each node runs fn, and its node's ranks get its result."""
         self._calls += 1
         key = f"{self.namespace}/alone/{self._calls}"
-        if self.dist.is_main:
+        leader = 0
+        if per_node:  # ranks are numbered node by node: a node is named by its first rank
+            leader = self.dist.rank - self.dist.local_rank
+            key += f"/node-{leader}"
+        if self.dist.rank == leader:
             try:
                 outcome = self._outcome(phase, fn, *args)
             except BaseException as e:  # a bug or Ctrl-C twice: the others learn it, then rank 0 raises it
                 self._ask("sharing its failure", self.store.set, key,
-                          pickle.dumps(("error", f"rank 0 failed: {' '.join(f'{type(e).__name__}: {e}'.split())}")))
+                          pickle.dumps(("error", f"rank {leader} failed: {' '.join(f'{type(e).__name__}: {e}'.split())}")))
                 raise
             self._ask("sharing its result", self.store.set, key, pickle.dumps(outcome))
         else:
-            outcome = pickle.loads(self._wait_for(key, phase))
+            outcome = pickle.loads(self._wait_for(key, phase, leader))
         kind, value = outcome
         if kind == "stopped":
             raise StopRequested()
@@ -103,15 +108,15 @@ class Coordinator:
         finally:
             self._show(previous)
 
-    def _wait_for(self, key: str, phase: str | None) -> bytes:
+    def _wait_for(self, key: str, phase: str | None, leader: int) -> bytes:
         doing = phase or "deciding for all ranks"
         previous = self._show(phase and f"wait_{phase}")
         deadline = time.monotonic() + ALONE_LIMIT_S
         try:
             while not self._ask(doing, self.store.check, [key]):
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"waited {ALONE_LIMIT_S:.0f} s for rank 0 to finish {doing}")
-                self.stop_requested()  # publish a signal this rank got, so that rank 0 stops too
+                    raise RuntimeError(f"waited {ALONE_LIMIT_S:.0f} s for rank {leader} to finish {doing}")
+                self.stop_requested()  # publish a signal this rank got, so that the leader stops too
                 time.sleep(POLL_S)
             return self._ask(doing, self.store.get, key)
         finally:

@@ -1,4 +1,4 @@
-"""`--dry-run`: what a run would do, without training.
+"""`--dry-run`: what a run would do, without training (`--world-size N`: on N ranks, planned from anywhere).
 
 Memory per rank for the model states (parameters, gradients, Adam moments) at each ZeRO stage,
 after Rajbhandari et al. 2020 ("ZeRO", section 3): with mixed precision, 2 bytes/param for the
@@ -45,22 +45,29 @@ def largest_layer_params(model) -> int:
 
 def report(config, layout, model, name: str, data, precision: str, zero_stage: int) -> None:
     """Plain lines (not a table): they go into logs and scripts as well as terminals."""
+    import numpy as np
     from deepspeed.runtime.zero.stage3 import estimate_zero3_model_states_mem_needs
     from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
 
+    from trainer.training.token_cache import describe
+
     params = model.num_parameters()
     steps_per_epoch, total_steps = plan_steps(len(data.train), config)
-    target_tokens = [min(n, config.max_length) for n in data.train.lengths]  # n tokens + <|endoftext|> - 1
-    mean_tokens = sum(target_tokens) / len(target_tokens)
+    target_tokens = np.minimum(data.train.lengths, config.max_length)  # n tokens + <|endoftext|> - 1
+    mean_tokens = float(target_tokens.mean())
+    cache_bytes = sum(f.stat().st_size for f in data.cache.folder.iterdir())
     lines = [
         f"model           {name} ({params:,} parameters), {precision}",
         f"batch           global {layout.global_batch} = micro {layout.micro_batch} x accumulation "
         f"{layout.grad_accum} x world {layout.world_size}",
-        f"examples        train {len(data.train)}, val {len(data.val)}, test {len(data.test_entries)}",
-        f"steps           {steps_per_epoch} per epoch, {total_steps} in total ({config.epochs} epochs)",
+        f"examples        train {len(data.train):,}, val {len(data.val):,}, test {len(data.test_entries):,}",
+        f"steps           {steps_per_epoch:,} per epoch, {total_steps:,} in total ({config.epochs} epochs)",
         f"tokens per step ~{mean_tokens * layout.global_batch:,.0f} target tokens (mean example {mean_tokens:.1f})",
-        f"truncated       {data.truncated[0]} examples exceed --max-length {config.max_length} "
-        f"({data.truncated[1]} of them lose their final <|endoftext|>)",
+        f"truncated       {data.truncated[0]:,} examples exceed --max-length {config.max_length} "
+        f"({data.truncated[1]:,} of them lose their final <|endoftext|>)",
+        describe(data.cache, data.found),
+        f"data memory     {cache_bytes / 1024**2:,.1f} MiB of token cache per node, memory-mapped: its ranks share "
+        "the pages, each holding only those it reads",
         f"memory per rank for model states (parameters, gradients, Adam), world size {layout.world_size}, "
         "activations extra:",
     ]

@@ -22,16 +22,16 @@ from pathlib import Path
 import orjson
 import torch
 
-from instruct import atomic_write_json, format_input
+from instruct import atomic_write_json
 from trainer.gpt2.generation import GenerationSettings, generate_responses, length_sorted_batches
 from trainer.gpt2.gguf_export import export_gguf
 from trainer.gpt2.journal import JournalMismatch, ResponseJournal
-from trainer.gpt2.tokenizer import ENDOFTEXT
 from trainer.gpt2.weights import chapter_filename, export_chapter_pth, export_hf
 from trainer.reporting.events import Generate
 from trainer.reporting.lossplot import plot_losses
 from trainer.training.config import TrainConfig
 from trainer.training.engine import plain_model
+from trainer.training.token_cache import Entries
 
 RESPONSES_FILE = "instruction-data-with-response.json"
 RESPONSES_DIR = "responses"
@@ -154,12 +154,14 @@ def answer_test_split(loop, run_dir: Path, model, coordinator, key: str) -> None
     loop.heartbeat.phase = "idle"
 
 
-def generate_share(loop, model, entries: list[dict], pending: list[int], settings: GenerationSettings,
+def generate_share(loop, model, entries: Entries, pending: list[int], settings: GenerationSettings,
                    responses: Responses, coordinator) -> None:
-    """Batches of pending prompts of similar lengths, each to the rank that asks for it first."""
+    """Batches of pending prompts of similar lengths (the token cache's prompt lengths: no entry
+    is read or tokenized to sort them), each to the rank that asks for it first. Only the entries
+    of a batch are read, when it is generated."""
     tokenizer = loop.data.tokenizer
-    prompts = [tokenizer.encode(format_input(entries[i]), allowed_special={ENDOFTEXT}) for i in pending]
-    batches = [[pending[p] for p in batch] for batch in length_sorted_batches(prompts, settings.batch_size)]
+    lengths = entries.prompt_lengths[pending].tolist()
+    batches = [[pending[p] for p in batch] for batch in length_sorted_batches(lengths, settings.batch_size)]
     already = len(entries) - len(pending)
     model.eval()
     with responses.journal(loop.dist.rank) as journal:
@@ -173,7 +175,7 @@ def generate_share(loop, model, entries: list[dict], pending: list[int], setting
             loop.log.event(Generate(done=done, total=len(entries)))
 
 
-def write_responses_file(run_dir: Path, entries: list[dict], fields: list[Responses]) -> None:
+def write_responses_file(run_dir: Path, entries: Entries, fields: list[Responses]) -> None:
     """Rank 0: the chapter's instruction-data-with-response.json, the test entries with each field
     of responses merged (model_response, and base_response where the run has them)."""
     answers = [(responses.key, responses.merged()) for responses in fields]

@@ -1,9 +1,13 @@
 """The whole run, from flags to outputs, as a sequence of phases: what `deepspeed launch/train.py` calls.
 
-    plan      check the flags, read the tokenizer, the data and the weights (nothing written yet)
+    plan      check the flags, read the tokenizer and the weights, and check the data: local rank 0
+              of each node finds the data file's token cache, or checks every entry when the
+              node has none (nothing written yet)
     place     choose the run directory (or the run to resume)
     record    write config.json and ds_config.json (rank 0)
     begin     metrics.jsonl with run_start: from here on RunLifecycle guarantees a run_end
+    tokenize  local rank 0 of each node builds the token cache the node lacks, the node's other
+              ranks waiting outside any collective; then every rank memory-maps it
     convert   a resume on another number of ranks: rank 0 converts the checkpoint, the others wait
     engine    the DeepSpeed engine, and the checkpoint a resume continues from
     base      --base-responses: the test split answered by the initial weights
@@ -14,7 +18,12 @@
     judge     --judge-url, after run_end and the other ranks: rank 0 scores the test responses
 
 Order matters for the promise "bad input: one line, non-zero exit, nothing half-written": the
-config, tokenizer, data and weights are all checked before the run directory is created.
+config, tokenizer, data and weights are all checked before the run directory is created. That is
+why the data is checked in `plan` but tokenized in `tokenize`: checking a million entries takes
+seconds, tokenizing them minutes, and those minutes belong inside the lifecycle, where heartbeats
+show them (`tokenize`, `wait_tokenize`), a stop interrupts them and a run_end follows. A token
+cache that exists was checked when it was built, so a start that finds one checks nothing. A dry
+run has no run directory and no lifecycle: it tokenizes in `plan`.
 """
 
 from __future__ import annotations
@@ -44,23 +53,30 @@ from trainer.reporting.notify import Notifier
 from trainer.reporting.runlog import RunLog, Throughput
 from trainer.training import distributed
 from trainer.training.config import BatchLayout, TrainConfig, batch_layout, validate
+from trainer.training.data import InstructionDataset, count_truncated
 from trainer.training.engine import build_ds_config, build_engine, check_ds_config, read_ds_config
 from trainer.training.faults import TestFaults
 from trainer.training.loop import Progress, StopRequested, TrainingLoop, plan_steps
+from trainer.training.token_cache import Entries, TokenCache, describe
 
 EXIT_USAGE = 2
 
 
 @dataclass
 class RunData:
+    """The instruction data, read through its token cache: the splits' sizes are known from `plan`
+    on, their tokens and texts once the `tokenize` phase has mapped the cache."""
+
     tokenizer: object
-    train: object  # trainer.training.data.InstructionDataset
-    val: object
-    train_entries: list[dict]
-    val_entries: list[dict]
-    test_entries: list[dict]
-    path: Path
-    truncated: tuple[int, int]  # (examples cut by --max-length, of which the final <|endoftext|> is lost)
+    path: Path  # the data file
+    cache: TokenCache
+    found: bool  # the cache was complete when the run was planned (else this run builds it)
+    train: InstructionDataset
+    val: InstructionDataset
+    val_entries: Entries
+    test_entries: Entries
+    truncated: tuple[int, int] | None = None  # (examples cut by --max-length, of which the final
+    # <|endoftext|> is lost): counted by the tokenize phase
 
 
 @dataclass
@@ -153,6 +169,8 @@ def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info
         life.progress.step = run_start_step(place)
         if place.point is not None and dist_info.is_main:
             forget_after(place.run_dir, life.progress.step)
+        tokenize_data(plan.data, life.coordinator, config, faults)
+        log.print(describe(plan.data.cache, plan.data.found))
         warn_about_inputs(log, config, plan, life.progress.step)
         convert_checkpoint(config, dist_info, plan, place, life, faults)
         loop = start_engine(config, dist_info, plan, place, life, faults)
@@ -177,10 +195,14 @@ def plan_run(config: TrainConfig, dist_info) -> RunPlan:
     from trainer.gpt2.weights import load_model
     from trainer.lifecycle.dryrun import dry_run_model
 
-    layout = batch_layout(config.global_batch, config.micro_batch, dist_info.world_size)
+    layout = batch_layout(config.global_batch, config.micro_batch, config.world_size or dist_info.world_size)
     precision = resolve_precision(config.precision, dist_info.device)
     ds_config, overridden = build_ds_config(read_ds_config(config.ds_config), config, layout, precision)
-    check_ds_config(ds_config, config.ds_config)
+    # DeepSpeed checks the batch sizes against the process group's world size: a dry run planned
+    # for another one (batch_layout checked its sizes) has the rest checked with a batch of this one.
+    local_batch = {"train_batch_size": layout.micro_batch * dist_info.world_size, "gradient_accumulation_steps": 1}
+    check_ds_config(ds_config if layout.world_size == dist_info.world_size else {**ds_config, **local_batch},
+                    config.ds_config)
     weights_info = None
     if config.dry_run:
         model = dry_run_model(config)
@@ -192,36 +214,35 @@ def plan_run(config: TrainConfig, dist_info) -> RunPlan:
         raise ValueError(f"--max-length {config.max_length} exceeds the model's context of "
                          f"{model.config.context_length} tokens")
     with offline_hint():
-        data = prepare_data(config)
+        data = prepare_data(config, dist_info)
     if config.judge_url and not config.dry_run:
         Coordinator(dist_info, signals.StopSignals(), namespace="plan").run_alone(None, check_judge, config)
     return RunPlan(layout, precision, ds_config, overridden, data, model, model_name(model.config), weights_info)
 
 
-def prepare_data(config: TrainConfig) -> RunData:
+def prepare_data(config: TrainConfig, dist_info) -> RunData:
+    """The tokenizer, the data file, its token cache and the split. Local rank 0 of each node looks
+    the cache up, or checks every entry when the node has none; the node's other ranks wait for
+    it outside any collective (the check takes seconds per million entries)."""
     from trainer.gpt2.tokenizer import get_tokenizer
-    from trainer.training.data import InstructionDataset, count_truncated, load_instruction_data, split_entries
+    from trainer.training.data import data_file, split_indices
+    from trainer.training.token_cache import look_up
 
     tokenizer = get_tokenizer(config.tokenizer_dir)
-    entries, path = load_instruction_data(config.data)
-    train, test, val = split_entries(entries, config.split, seed=config.seed if config.shuffle_split else None)
+    path = data_file(config.data)
+    coordinator = Coordinator(dist_info, signals.StopSignals(), namespace="data")
+    cache, count, found = coordinator.run_alone(None, look_up, path, tokenizer, per_node=True)
+    train, test, val = split_indices(count, config.split, seed=config.seed if config.shuffle_split else None)
     if len(train) < config.global_batch:
         raise ValueError(
             f"{path}: the training split has {len(train)} examples, fewer than --global-batch {config.global_batch}"
         )
-    if not val:
-        raise ValueError(f"{path}: the validation split is empty: lower the fractions of --split")
-    train_ds = InstructionDataset(train, tokenizer)
-    return RunData(
-        tokenizer=tokenizer,
-        train=train_ds,
-        val=InstructionDataset(val, tokenizer),
-        train_entries=train,
-        val_entries=val,
-        test_entries=test,
-        path=Path(path),
-        truncated=count_truncated(train_ds, config.max_length),
-    )
+    data = RunData(tokenizer=tokenizer, path=path, cache=cache, found=found,
+                   train=InstructionDataset(cache, train), val=InstructionDataset(cache, val),
+                   val_entries=Entries(cache, val), test_entries=Entries(cache, test))
+    if config.dry_run:
+        tokenize_data(data, coordinator, config, TestFaults())
+    return data
 
 
 @contextlib.contextmanager
@@ -371,6 +392,30 @@ def warn_about_inputs(log: RunLog, config: TrainConfig, plan: RunPlan, step: int
     if longer:
         log.warning(step, f"{longer} training examples exceed --max-length {config.max_length} and are truncated "
                           f"({eot_cut} of them lose their final <|endoftext|>)")
+
+
+# ---- tokenize: the token cache ----------------------------------------------------------------
+
+
+def tokenize_data(data: RunData, coordinator: Coordinator, config: TrainConfig, faults: TestFaults) -> None:
+    """Local rank 0 of each node builds the token cache when the node lacks it (heartbeat phase
+    `tokenize`; the node's other ranks wait in `wait_tokenize`, outside any collective, for up to
+    an hour); a stop ends the build between chunks and leaves no cache. Then every rank maps the
+    cache and counts the examples --max-length cuts."""
+    def build() -> None:
+        if data.cache.manifest() is not None:
+            return  # found, or built meanwhile by another node on a shared filesystem
+
+        def between_chunks() -> None:
+            faults.maybe_hold(coordinator.dist.rank, "tokenize", coordinator.stop_requested)
+            coordinator.check_stop()
+
+        entries = len(data.train) + len(data.val) + len(data.test_entries)
+        data.cache.build(data.path, data.tokenizer, entries, between_chunks)
+
+    coordinator.run_alone("tokenize", build, per_node=True)
+    data.cache.map()
+    data.truncated = count_truncated(data.train, config.max_length)
 
 
 # ---- engine: build it, resume into it ----------------------------------------------------------

@@ -82,6 +82,7 @@ class TrainConfig:
     expect_ranks: int | None = None  # refuse to start on another number of ranks (a misspelled --hostfile)
     heartbeat_every: float = 2.0
     dry_run: bool = False
+    world_size: int | None = None  # a dry run plans for this many ranks (default: the launcher's)
 
     def to_dict(self) -> dict:
         """As config.json records it: credentials in the judge's URL redacted."""
@@ -116,6 +117,9 @@ def validate(config: TrainConfig) -> None:
         (config.max_bad_steps >= 1, "--max-bad-steps must be at least 1"),
         (config.dist_timeout > 0, "--dist-timeout must be positive"),
         (config.expect_ranks is None or config.expect_ranks >= 1, "--expect-ranks must be at least 1"),
+        (config.world_size is None or config.world_size >= 1, "--world-size must be at least 1"),
+        (config.world_size is None or config.dry_run,
+         "--world-size plans a --dry-run for that many ranks; a run takes its ranks from the launcher"),
         (config.judge_api in ("ollama", "openai"), "--judge-api must be ollama or openai"),
         (config.judge_samples >= 0, "--judge-samples must not be negative"),
         (config.judge_every is None or config.judge_every >= 1, "--judge-every must be at least 1"),

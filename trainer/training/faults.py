@@ -4,7 +4,8 @@ GPT2_INSTRUCT_TEST_NAN="rank:epoch:batch": that rank's loss on that global batch
 epoch, from 0) is NaN. GPT2_INSTRUCT_TEST_STALL="rank:step:seconds": that rank sleeps before step
 `step`, outside any collective (a hung rank). GPT2_INSTRUCT_TEST_HOLD="rank:phase:seconds": that
 rank stays that long at the start of a final phase (`final_eval`, `generate`, `export`) or of the
-checkpoint conversion (`convert`), or until a stop, as slow work there would. Unset, they cost a
+checkpoint conversion (`convert`), or after the first chunk of a token cache it builds
+(`tokenize`), or until a stop, as slow work there would. Unset, they cost a
 comparison each.
 """
 
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 
-HOLD_PHASES = ("final_eval", "generate", "export", "convert")
+HOLD_PHASES = ("final_eval", "generate", "export", "convert", "tokenize")
 
 
 @dataclass
