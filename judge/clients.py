@@ -37,6 +37,7 @@ import orjson
 from judge.redact import Redactor, redact_url
 from judge.replies import (
     ERROR_BODY_BYTES,
+    ReplyLines,
     RequestError,
     check_content_type,
     error_text,
@@ -44,7 +45,6 @@ from judge.replies import (
     openai_content,
     read_body,
     read_reply,
-    reply_lines,
     status_error,
 )
 
@@ -110,7 +110,7 @@ class ServerInfo:
         return self.digest[:12] if self.digest else None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Reply:
     content: str
     latency_s: float  # client-side, request sent to final chunk read
@@ -128,6 +128,7 @@ class Client:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.redact = Redactor.for_server(config.url, config.api_key)
+        self.timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self.headers = {"Content-Type": "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
@@ -173,7 +174,7 @@ class Client:
             self.config.base_url + path,
             data=orjson.dumps(payload),
             headers=self.headers,
-            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            timeout=self.timeout,
         )
 
 
@@ -218,7 +219,7 @@ class OllamaClient(Client):
                 raise status_error(resp.status, await read_body(resp, ERROR_BODY_BYTES))
             await check_content_type(resp, ("application/x-ndjson", "application/json"))
             parts = []
-            async for line in reply_lines(resp):  # one JSON object per line
+            async for line in ReplyLines(resp):  # one JSON object per line
                 if not line.strip():
                     continue
                 chunk = ollama_chunk(line)

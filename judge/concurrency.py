@@ -35,7 +35,7 @@ WAIT_SMOOTHING = 0.2  # weight of the newest completion in the moving average of
 OVERLOAD_BACKOFF = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ticket:
     epoch: int  # decreases made before this request was sent
     saturated: bool  # the request took the last free place under the limit

@@ -38,7 +38,7 @@ class RetryPolicy:
     cap_s: float = 30.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Job:
     """One prompt in progress."""
 
@@ -98,7 +98,7 @@ class Dispatcher:
         """A retry or re-ask first; else a new entry, unless too many wait to retry."""
         if self._ready:
             return self._ready.popleft()
-        if self._exhausted or len(self._waiting) >= max(WAITING_MIN, WAITING_PER_PLACE * self.servers.limit()):
+        if self._exhausted or self._too_many_waiting():
             return None
         item = next(self._new, None)
         self._exhausted = item is None
@@ -109,6 +109,10 @@ class Dispatcher:
         self.requests += 1
         server.requests += 1
         return server.limiter.take()
+
+    def _too_many_waiting(self) -> bool:
+        waiting = len(self._waiting)
+        return waiting >= WAITING_MIN and waiting >= WAITING_PER_PLACE * self.servers.limit()
 
     async def _work(self, server: Server, ticket: Ticket, job: Job) -> None:
         """Requests to one server, one after the other, while it has room and there is work: a

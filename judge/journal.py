@@ -27,7 +27,7 @@ from judge.clients import ServerConfig, ServerInfo
 JOURNAL_VERSION = 2  # 2: the key holds the model's digest; `truncated`; `reply` only when unparseable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Result:
     """The outcome of judging one prompt."""
 
@@ -37,15 +37,25 @@ class Result:
     truncated: bool | None = None  # the judge saw only part of the prompt; None: unknown
 
 
-def request_key(prompt: str, server: ServerConfig, info: ServerInfo) -> str:
-    identity = {
-        "prompt": prompt,
-        "model": {"digest": info.digest} if info.digest else {"id": server.model},
-        "api": server.api,
-        "options": server.options,
-        "structured": server.structured,
-    }
-    return hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+class RequestKey:
+    """A prompt's journal key for one judge: the sha256 of {"prompt", "model", "api",
+    "options", "structured"} (orjson, sorted keys), `model` being {"digest": ...} where the
+    server reports one, else {"id": ...}. The fixed part is serialized once (a million keys
+    are made twice per run); the bytes hashed are those of the whole object."""
+
+    def __init__(self, server: ServerConfig, info: ServerInfo):
+        identity = {
+            "prompt": "",
+            "model": {"digest": info.digest} if info.digest else {"id": server.model},
+            "api": server.api,
+            "options": server.options,
+            "structured": server.structured,
+        }
+        head, _, self._tail = orjson.dumps(identity, option=orjson.OPT_SORT_KEYS).partition(b'"prompt":""')
+        self._head = head + b'"prompt":'
+
+    def __call__(self, prompt: str) -> str:
+        return hashlib.sha256(self._head + orjson.dumps(prompt) + self._tail).hexdigest()
 
 
 def _record(line: bytes) -> tuple[str, Result] | None:

@@ -12,11 +12,12 @@ from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO, Iterable, Iterator
 
 import orjson
 
 from instruct import EntryError
+from judge.inputs import CHANGED
 from judge.journal import Result
 from judge.stats import describe, paired_difference
 
@@ -89,10 +90,9 @@ class KeyFigures:
         }
 
 
-def scored_entry(entry: dict, keys: tuple[str, ...], results: dict[str, Result]) -> dict:
-    """The entry with the judge's fields for each key: `<key>_score`, and the reply, the error
-    or the truncation flag where there is one."""
-    added = {name.format(key=key) for key in keys for name in ADDED_FIELDS}
+def scored_entry(entry: dict, keys: tuple[str, ...], results: dict[str, Result], added: frozenset[str]) -> dict:
+    """The entry with the judge's fields for each key (`added`, replaced where the entry has them):
+    `<key>_score`, and the reply, the error or the truncation flag where there is one."""
     out = {name: value for name, value in entry.items() if name not in added}
     for key in keys:
         result = results[key]
@@ -110,32 +110,37 @@ def write_scored(
     path: Path,
     entries: Iterable[dict],
     keys: tuple[str, ...],
-    result_of: Callable[[dict, str], Result | None],
+    results: Iterator[Result | None],
     input_path: Path,
 ) -> tuple[dict, list]:
     """Write the scored file (a JSON list, indented as before: two spaces); return each key's
     figures and the paired differences of each pair of keys, in command-line order.
 
-    `result_of(entry, key)` is the result of an entry's response (None: never requested, which
-    means the input changed while it was being scored)."""
+    `results` holds the result of each non-empty response, in input order (None: it was never
+    requested, which means the input changed while it was being scored); an empty response
+    scores 0 without one."""
     figures = {key: KeyFigures() for key in keys}
+    added = frozenset(name.format(key=key) for key in keys for name in ADDED_FIELDS)
     pairs = list(itertools.combinations(keys, 2))
     differences = {pair: Counter() for pair in pairs}
     with atomic_file(path) as out:
         out.write(b"[")
         for index, entry in enumerate(entries):
-            results = {}
+            scored = {}
             for key in keys:
-                result = result_of(entry, key)
+                requested = entry[key] != ""
+                result = next(results, None) if requested else Result(0)
                 if result is None:
-                    raise EntryError(f"{input_path}: entry {index}: changed while it was being scored; run again")
-                results[key] = result
-                figures[key].add(index, result, requested=entry[key] != "")
+                    raise EntryError(f"{input_path}: entry {index}: {CHANGED}")
+                scored[key] = result
+                figures[key].add(index, result, requested)
             for a, b in pairs:
-                if results[a].score is not None and results[b].score is not None:
-                    differences[(a, b)][results[a].score - results[b].score] += 1
-            text = orjson.dumps(scored_entry(entry, keys, results), option=orjson.OPT_INDENT_2)
+                if scored[a].score is not None and scored[b].score is not None:
+                    differences[(a, b)][scored[a].score - scored[b].score] += 1
+            text = orjson.dumps(scored_entry(entry, keys, scored, added), option=orjson.OPT_INDENT_2)
             out.write((b",\n  " if index else b"\n  ") + text.replace(b"\n", b"\n  "))
+        if next(results, None) is not None:
+            raise EntryError(f"{input_path}: {CHANGED}")
         out.write(b"\n]\n")
     paired = [{"a": a, "b": b, **paired_difference(differences[(a, b)])} for a, b in pairs]
     return {key: f.summary() for key, f in figures.items()}, paired

@@ -11,8 +11,8 @@ bounded by the request's total timeout (aiohttp's `total` covers reading the bod
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 import aiohttp
 import orjson
@@ -92,24 +92,45 @@ async def read_reply(resp: aiohttp.ClientResponse) -> bytes:
     return body
 
 
-async def reply_lines(resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    """The body's lines, each as long as it is (aiohttp's own line reader stops at a fixed
-    size), up to MAX_REPLY_BYTES in all; a last line without its newline comes too."""
-    pending, size = [], 0
-    async for data in resp.content.iter_any():
-        size += len(data)
-        if size > MAX_REPLY_BYTES:
-            raise RequestError(f"the reply is longer than {MAX_REPLY_BYTES // 2**20} MiB", retryable=True)
-        start = 0
-        while (end := data.find(b"\n", start)) >= 0:
-            pending.append(data[start:end])
-            yield b"".join(pending)
-            pending.clear()
-            start = end + 1
-        if start < len(data):
-            pending.append(data[start:])
-    if pending:
-        yield b"".join(pending)
+class ReplyLines:
+    """The body's lines, each as long as it is (aiohttp's own line reader refuses a line over its
+    buffer size), up to MAX_REPLY_BYTES in all; a last line without its newline comes too.
+
+    A class rather than an async generator: the reader stops at the final chunk, and an async
+    generator left unfinished costs a finalizer task per request."""
+
+    def __init__(self, resp: aiohttp.ClientResponse):
+        self._content = resp.content
+        self._lines: deque[bytes] = deque()
+        self._pending: list[bytes] = []  # pieces of the line being read
+        self._size = 0
+        self._eof = False
+
+    def __aiter__(self) -> ReplyLines:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self._lines:
+            if self._eof:
+                raise StopAsyncIteration
+            data = await self._content.readany()
+            if not data:
+                self._eof = True
+                if self._pending:
+                    self._lines.append(b"".join(self._pending))
+                continue
+            self._size += len(data)
+            if self._size > MAX_REPLY_BYTES:
+                raise RequestError(f"the reply is longer than {MAX_REPLY_BYTES // 2**20} MiB", retryable=True)
+            start = 0
+            while (end := data.find(b"\n", start)) >= 0:
+                self._pending.append(data[start:end])
+                self._lines.append(b"".join(self._pending))
+                self._pending.clear()
+                start = end + 1
+            if start < len(data):
+                self._pending.append(data[start:])
+        return self._lines.popleft()
 
 
 def status_error(status: int, body: bytes) -> RequestError:
@@ -141,7 +162,7 @@ def _parse_object(line: bytes, where: str) -> dict:
     return obj
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class OllamaChunk:
     content: str
     done: bool
@@ -161,7 +182,7 @@ def ollama_chunk(line: bytes) -> OllamaChunk:
     if not isinstance(done, bool):
         raise _malformed("'done'", done)
     numbers = {}
-    for name in OLLAMA_NUMBERS:
+    for name in OLLAMA_NUMBERS if done else ():  # read from the final chunk only
         if name in chunk:
             value = chunk[name]
             if type(value) not in (int, float) or value < 0:

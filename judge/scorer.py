@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import aiohttp
 
@@ -20,7 +21,7 @@ from judge.clients import ServerConfig, ServerInfo
 from judge.concurrency import AUTO_MAX_IN_FLIGHT
 from judge.dispatch import Dispatcher, RetryPolicy
 from judge.inputs import Entries
-from judge.journal import Journal, Result, request_key
+from judge.journal import Journal, RequestKey, Result
 from judge.output import write_scored
 from judge.progress import make_progress
 from judge.prompt import CHAPTER_TEMPLATE, render
@@ -66,23 +67,22 @@ def with_suffix(out_path: Path, suffix: str) -> Path:
 
 @dataclass
 class Plan:
-    prompts: int = 0  # distinct prompts of the input
-    from_journal: int = 0  # of them, answered by the journal
+    prompts: int  # distinct prompts of the input
+    from_journal: int  # of them, answered by the journal
 
 
-def plan_requests(entries: Entries, config: ScoreConfig, info: ServerInfo, store: Store) -> Plan:
-    """Check every entry; put each distinct prompt the journal does not answer on the todo list."""
-    plan = Plan()
-    for entry in entries:
-        for key in config.keys:
-            if entry[key] == "":
-                continue  # an empty response scores 0 without a request, as the chapter
-            prompt = render(config.template, entry, entry[key])
-            met = store.plan(request_key(prompt, config.server, info), prompt)
-            plan.prompts += met != "seen"
-            plan.from_journal += met == "journal"
-    store.commit()
-    return plan
+def plan_requests(entries: Entries, config: ScoreConfig, request_key: RequestKey, store: Store) -> Plan:
+    """Check every entry; list each distinct prompt the journal does not answer, to request."""
+
+    def planned() -> Iterator[tuple[str, str]]:
+        for entry in entries:
+            for key in config.keys:
+                if entry[key] != "":  # an empty response scores 0 without a request, as the chapter
+                    prompt = render(config.template, entry, entry[key])
+                    yield request_key(prompt), prompt
+
+    store.add_planned(planned())
+    return Plan(*store.make_todo())
 
 
 async def send_requests(config: ScoreConfig, servers: Servers, session: aiohttp.ClientSession, store: Store,
@@ -98,15 +98,16 @@ async def send_requests(config: ScoreConfig, servers: Servers, session: aiohttp.
             journal.append(key, result)
         store.finish(key, result)
         done += 1
-        progress.update(done, servers.in_flight(), servers.limit())
+        if progress is not None:
+            progress.update(done, servers.in_flight(), servers.limit())
 
     dispatcher = Dispatcher(servers, session, config.server.structured, config.retry, finish)
     try:
         await dispatcher.run(store.todo())
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
         journal.close()
-    store.commit()
     return dispatcher
 
 
@@ -118,17 +119,12 @@ async def score_file(config: ScoreConfig) -> dict:
     connector = aiohttp.TCPConnector(limit=AUTO_MAX_IN_FLIGHT * len(config.servers))
     async with aiohttp.ClientSession(connector=connector) as session:
         info = await servers.check(session)
+        request_key = RequestKey(config.server, info)
         with Store(config.work_path) as store:
             store.add_journal(Journal(config.journal_path).records())
-            plan = plan_requests(entries, config, info, store)
+            plan = plan_requests(entries, config, request_key, store)
             dispatcher = await send_requests(config, servers, session, store, plan)
-
-            def result_of(entry: dict, key: str) -> Result | None:
-                if entry[key] == "":
-                    return Result(0)
-                return store.result(request_key(render(config.template, entry, entry[key]), config.server, info))
-
-            per_key, paired = write_scored(config.out_path, entries, config.keys, result_of, config.input_path)
+            per_key, paired = write_scored(config.out_path, entries, config.keys, store.results(), config.input_path)
     wall_s = time.monotonic() - started
     summary = {
         "v": SUMMARY_VERSION,

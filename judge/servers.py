@@ -87,8 +87,11 @@ class Servers:
 
     def free(self) -> Server | None:
         """The server with the most room now, if any has room."""
-        best = max(self.all, key=lambda server: server.room)
-        return best if best.room > 0 else None
+        best, most = None, 0
+        for server in self.all:
+            if (room := server.room) > most:
+                best, most = server, room
+        return best
 
     def in_flight(self) -> int:
         return sum(server.limiter.in_flight for server in self.all)

@@ -327,8 +327,8 @@ class FakeOllama:
         return started - arrived, ended - started
 
     def _finished(self, request: web.Request, prompt: str, fault: str | None, has_score: bool) -> None:
-        """A reply was sent in full; it counts as a completion when it was usable, held a score
-        and its client was still there to read it."""
+        """A reply is sent in full; it counts as a completion when it is usable, holds a score
+        and its client is still there to read it."""
         client_gone = request.transport is None or request.transport.is_closing()
         if has_score and fault not in REPLY_FAULTS and not client_gone:
             self.completions[prompt] += 1
@@ -419,8 +419,8 @@ class FakeOllama:
             await response.write(last[: len(last) // 2])
             await response.write_eof()
             return response
+        self._finished(request, prompt, fault, has_score)  # before the write: a client may close once it has it
         await response.write(last)
-        self._finished(request, prompt, fault, has_score)
         await response.write_eof()
         return response
 

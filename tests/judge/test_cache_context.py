@@ -5,12 +5,14 @@ stale fields."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import orjson
 import pytest
 
 from judge.cli import main
-from judge.clients import OLLAMA_OPTIONS, TRUNCATION_MARGIN
+from judge.clients import OLLAMA_OPTIONS, TRUNCATION_MARGIN, ServerConfig, ServerInfo
+from judge.journal import RequestKey
 from judge.prompt import CHAPTER_TEMPLATE, render
 from judge.scorer import score_file
 from tests.judge.fake_ollama import prompt_tokens
@@ -102,3 +104,15 @@ def test_scoring_a_scored_file_again_replaces_the_judge_fields(tmp_path, fake_ol
     scored = orjson.loads((tmp_path / "out.json").read_bytes())
     assert scored == [{**e, "model_response_score": expected(e)} for e in entries[:2]] + [
         {**entries[2], "note": "kept", "model_response_score": expected(entries[2])}]
+
+
+@pytest.mark.parametrize("digest", [NEW_DIGEST, None])
+def test_request_key_is_the_documented_hash(digest):
+    """docs/judge.md: sha256 of {"prompt", "model", "api", "options", "structured"} (orjson,
+    sorted keys), `model` being {"digest": ...} or, without a digest, {"id": ...}."""
+    server = ServerConfig(url="http://h:11434", api="ollama", model="llama3", structured=True)
+    prompt = 'Score "this" \u00e9\n{response}'
+    identity = {"prompt": prompt, "model": {"digest": digest} if digest else {"id": "llama3"}, "api": "ollama",
+                "options": server.options, "structured": True}
+    documented = hashlib.sha256(orjson.dumps(identity, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    assert RequestKey(server, ServerInfo("llama3:latest", digest, None))(prompt) == documented
