@@ -50,6 +50,8 @@ class Job:
 
 
 class Dispatcher:
+    """Sends prompts to the servers, retrying failures, until each prompt has a final result."""
+
     def __init__(self, servers: Servers, session: aiohttp.ClientSession, structured: bool, policy: RetryPolicy,
                  finish: Callable[[str, Result], None]):
         self.servers = servers
@@ -59,6 +61,8 @@ class Dispatcher:
         self.finish = finish  # called once per prompt with its final result
         self.requests = 0
         self.retries = 0
+        self._new: Iterator[tuple[str, str]] = iter(())  # the prompts not yet sent
+        self._exhausted = False
         self._ready: deque[Job] = deque()  # retries and re-asks, sent before new entries
         self._waiting: dict[int, asyncio.TimerHandle] = {}  # entries in backoff, by id(job)
         self._tasks: set[asyncio.Task] = set()
@@ -69,7 +73,6 @@ class Dispatcher:
     async def run(self, todo: Iterator[tuple[str, str]]) -> None:
         """Send every (key, prompt) of `todo` until each has a final result."""
         self._new = iter(todo)
-        self._exhausted = False
         probe = asyncio.ensure_future(self.servers.probe(self.session, self._changed.set))
         try:
             self._fill()
