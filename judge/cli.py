@@ -160,7 +160,7 @@ def print_summary(summary: dict) -> None:
         console.print(f"the server reports no model digest: the journal key holds the model id, so the "
                       f"{summary['from_journal']} scores from the journal may come from another version of it")
     for server in summary["servers"]:
-        down = f", marked down {server['times_down']} times" if server["times_down"] else ""
+        down = f", set aside {server['times_down']}x (its entries went to the others)" if server["times_down"] else ""
         console.print(f"server {server['url']}: {server['requests']} requests, {server['failures']} failed, "
                       f"{server['requests_per_s']:.1f} req/s, concurrency {server['concurrency']}{down}")
     table = Table("key", "scored", "failed", "unparseable", "truncated", "mean", "median", "std", "95% CI")

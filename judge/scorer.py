@@ -123,7 +123,9 @@ async def score_file(config: ScoreConfig) -> dict:
         with Store(config.work_path) as store:
             store.add_journal(Journal(config.journal_path).records())
             plan = plan_requests(entries, config, request_key, store)
+            sending = time.monotonic()
             dispatcher = await send_requests(config, servers, session, store, plan)
+            send_s = time.monotonic() - sending
             per_key, paired = write_scored(config.out_path, entries, config.keys, store.results(), config.input_path)
     wall_s = time.monotonic() - started
     summary = {
@@ -137,6 +139,7 @@ async def score_file(config: ScoreConfig) -> dict:
         "prompt_template": config.template_name,
         "concurrency": concurrency_field(config.concurrency),
         "wall_s": round(wall_s, 3),
+        "send_s": round(send_s, 3),
         "requests": dispatcher.requests,
         "requests_per_s": round(dispatcher.requests / wall_s, 3) if wall_s > 0 else 0.0,
         "retries": dispatcher.retries,
