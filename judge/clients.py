@@ -128,13 +128,15 @@ class Client:
     def __init__(self, config: ServerConfig):
         self.config = config
         self.redact = Redactor.for_server(config.url, config.api_key)
+        self.base_url = config.base_url
+        self.options = config.options  # the same with every request: built once
         self.timeout = aiohttp.ClientTimeout(total=config.timeout_s)
         self.headers = {"Content-Type": "application/json"}
         if config.api_key:
             self.headers["Authorization"] = f"Bearer {config.api_key}"
 
     async def _get_json(self, session: aiohttp.ClientSession, path: str) -> dict:
-        url, shown = self.config.base_url + path, self.config.shown_url + path
+        url, shown = self.base_url + path, self.config.shown_url + path
         timeout = aiohttp.ClientTimeout(total=min(CHECK_TIMEOUT_S, self.config.timeout_s))
         try:
             async with session.get(url, headers=self.headers, timeout=timeout) as resp:
@@ -171,7 +173,7 @@ class Client:
 
     def _post(self, session: aiohttp.ClientSession, path: str, payload: dict):
         return session.post(
-            self.config.base_url + path,
+            self.base_url + path,
             data=orjson.dumps(payload),
             headers=self.headers,
             timeout=self.timeout,
@@ -181,7 +183,7 @@ class Client:
 def _queue_wait_s(numbers: dict[str, float]) -> float | None:
     if "total_duration" not in numbers:
         return None
-    busy = sum(numbers.get(k, 0) for k in ("load_duration", "prompt_eval_duration", "eval_duration"))
+    busy = numbers.get("load_duration", 0) + numbers.get("prompt_eval_duration", 0) + numbers.get("eval_duration", 0)
     return max(0.0, (numbers["total_duration"] - busy) / 1e9)
 
 
@@ -208,7 +210,7 @@ class OllamaClient(Client):
         payload = {
             "model": self.config.model,
             "messages": [{"role": "user", "content": prompt}],
-            "options": self.config.options,
+            "options": self.options,
             "keep_alive": KEEP_ALIVE,
             "stream": True,
         }
@@ -231,7 +233,7 @@ class OllamaClient(Client):
     def _truncated(self, numbers: dict[str, float]) -> bool | None:
         if "prompt_eval_count" not in numbers:
             return None
-        return numbers["prompt_eval_count"] >= self.config.options["num_ctx"] - TRUNCATION_MARGIN
+        return numbers["prompt_eval_count"] >= self.options["num_ctx"] - TRUNCATION_MARGIN
 
 
 class OpenAIClient(Client):
@@ -264,7 +266,7 @@ class OpenAIClient(Client):
             "model": self.config.model,
             "messages": [{"role": "user", "content": prompt}],
             "stream": False,
-            **self.config.options,
+            **self.options,
         }
         while True:
             if self.config.structured:
