@@ -1,4 +1,4 @@
-"""How many requests are in flight: a fixed number, or found by an AIMD limiter (`auto`).
+"""How many requests are in flight on one server: a fixed number, or found by an AIMD limiter (`auto`).
 
 A judge server answers a few requests at a time (its parallel "slots", Ollama's
 OLLAMA_NUM_PARALLEL) and queues the rest without limit, so sending more than it has slots

@@ -18,7 +18,6 @@ import aiohttp
 
 from instruct import atomic_write_json
 from judge.clients import ServerConfig, ServerInfo
-from judge.concurrency import AUTO_MAX_IN_FLIGHT
 from judge.dispatch import Dispatcher, RetryPolicy
 from judge.inputs import Entries
 from judge.journal import Journal, RequestKey, Result
@@ -116,7 +115,7 @@ async def score_file(config: ScoreConfig) -> dict:
     started, started_at = time.monotonic(), time.time()
     entries = Entries(config.input_path, required=("instruction", "output", *config.keys))
     servers = Servers(config.servers, config.concurrency, config.probe_interval_s)
-    connector = aiohttp.TCPConnector(limit=AUTO_MAX_IN_FLIGHT * len(config.servers))
+    connector = aiohttp.TCPConnector(limit=sum(int(server.limiter.cap) for server in servers.all))
     async with aiohttp.ClientSession(connector=connector) as session:
         info = await servers.check(session)
         request_key = RequestKey(config.server, info)
@@ -153,7 +152,7 @@ async def score_file(config: ScoreConfig) -> dict:
 
 
 def concurrency_field(concurrency: tuple[int | None, ...]) -> str | int | list:
-    """"auto" or N for every server; a list, one per server, when they differ."""
+    """"auto" or N for every server; a list, one per server, when given per server."""
     values = ["auto" if n is None else n for n in concurrency]
     return values[0] if len(values) == 1 else values
 
