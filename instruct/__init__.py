@@ -9,6 +9,7 @@ from instruct.entries import (
     EntryError,
     format_input,
     format_prompt,
+    is_json_list,
     iter_entries,
     read_entries,
     unreadable,
@@ -17,13 +18,14 @@ from instruct.entries import (
     RESPONSE_HEADER,
     RESPONSE_MARK,
 )
-from instruct.files import atomic_write_bytes, atomic_write_json, atomic_write_text
+from instruct.files import atomic_file, atomic_write_bytes, atomic_write_json, atomic_write_text
 from instruct.urls import redact_url
 
 __all__ = [
     "EntryError",
     "format_input",
     "format_prompt",
+    "is_json_list",
     "iter_entries",
     "read_entries",
     "unreadable",
@@ -31,6 +33,7 @@ __all__ = [
     "INSTRUCTION_MARK",
     "RESPONSE_HEADER",
     "RESPONSE_MARK",
+    "atomic_file",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

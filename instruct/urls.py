@@ -1,17 +1,17 @@
 """URLs as they may be shown: credentials in a URL (http://user:secret@host) never reach a log,
-a console or a file."""
+a console or a file. The trainer and the judge both show URLs this way."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
+REDACTED = "***"
+
 
 def redact_url(url: str) -> str:
-    """The URL with any user name and password replaced by `***`."""
+    """`http://user:pass@host:11434` -> `http://***@host:11434`; other URLs unchanged."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
+    _, at, host = parts.netloc.rpartition("@")
+    if not at:
         return url
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    return urlunsplit(parts._replace(netloc=f"{REDACTED}@{host}"))

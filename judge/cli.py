@@ -17,11 +17,13 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from instruct import EntryError, redact_url
-
+from instruct import EntryError
 from judge.clients import CheckError, ServerConfig, ServerInfo, make_client
+from judge.dispatch import RetryPolicy
 from judge.prompt import CHAPTER_TEMPLATE, TemplateError, load_template
 from judge.scorer import ScoreConfig, score_file, with_suffix
+
+DEFAULT_URL = "http://localhost:11434"
 
 EXIT_FAILED_ENTRIES = 3
 LISTED_MAX = 20  # failed/unparseable entries listed on the terminal (all are in the summary)
@@ -45,6 +47,23 @@ def positive_int(value: str) -> int:
     raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
 
 
+def count(value: str) -> int:
+    if value.isdigit():
+        return int(value)
+    raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, got {value!r}")
+
+
+def positive_seconds(value: str) -> float:
+    """A finite number of seconds above 0 (aiohttp reads a timeout of 0 as no timeout at all)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if 0 < seconds < float("inf"):
+        return seconds
+    raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {value!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m judge", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -53,13 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--key", action="append", dest="keys", metavar="KEY",
                        help="field holding the response to score; repeat to compare models (default: model_response)")
     score.add_argument("--model", default="llama3", help="judge model (default: llama3)")
-    score.add_argument("--url", default="http://localhost:11434", help="server URL (default: http://localhost:11434)")
+    score.add_argument("--url", action="append", dest="urls", metavar="URL",
+                       help=f"server URL; repeat to share the work between servers of the same model "
+                            f"(default: {DEFAULT_URL})")
     score.add_argument("--api", choices=("ollama", "openai"), default="ollama",
                        help="ollama: /api/chat; openai: /v1/chat/completions (vLLM, llama.cpp, Ollama's /v1)")
     score.add_argument("--api-key-env", metavar="NAME",
                        help="environment variable holding the API key (sent as a Bearer token, never printed)")
-    score.add_argument("--concurrency", type=concurrency_arg, default=None, metavar="N|auto",
-                       help="requests in flight: a number, or auto (default) to find the server's capacity")
+    score.add_argument("--concurrency", type=concurrency_arg, action="append", metavar="N|auto",
+                       help="requests in flight per server: a number, or auto (default) to find each server's "
+                            "capacity; once for every server, or once per --url in the same order")
     score.add_argument("--out", type=Path, help="scored file (default: FILE's name with .scored.json)")
     score.add_argument("--summary", type=Path, help="summary JSON (default: OUT with .summary.json)")
     score.add_argument("--prompt-file", type=Path,
@@ -68,9 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help='ask for the JSON schema {"score": integer 0..100} (Ollama format / response_format)')
     score.add_argument("--max-tokens", type=positive_int, metavar="N",
                        help="cap on the reply's tokens (Ollama num_predict); default: the server's")
-    score.add_argument("--timeout", type=float, default=300.0, metavar="S",
+    score.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
                        help="seconds per request, including the server's queue (default: 300)")
-    score.add_argument("--retries", type=int, default=8, metavar="N",
+    score.add_argument("--retries", type=count, default=8, metavar="N",
                        help="retries per request on transient failures (default: 8)")
     score.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -97,7 +119,7 @@ def check_server(args: argparse.Namespace) -> int:
     except CheckError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"ok: {info.model} (digest {info.digest}) at {redact_url(server.base_url)}")
+    print(f"ok: {info.model} (digest {info.digest}) at {server.shown_url}")
     return 0
 
 
@@ -110,25 +132,35 @@ def config_from_args(args: argparse.Namespace) -> ScoreConfig:
         api_key = os.environ.get(args.api_key_env)
         if not api_key:
             raise UsageError(f"--api-key-env: environment variable {args.api_key_env} is not set")
+    urls = args.urls or [DEFAULT_URL]
+    if len(set(urls)) != len(urls):
+        raise UsageError("--url given twice for the same server")
+    concurrency = tuple(args.concurrency or [None])
+    if len(concurrency) not in (1, len(urls)):
+        raise UsageError(f"--concurrency given {len(concurrency)} times for {len(urls)} --url: give it once, "
+                         "or once per --url")
     out = args.out or args.file.with_name(args.file.stem + ".scored.json")
     return ScoreConfig(
         input_path=args.file,
         out_path=out,
         summary_path=args.summary or with_suffix(out, ".summary.json"),
-        server=ServerConfig(
-            url=args.url,
-            api=args.api,
-            model=args.model,
-            structured=args.structured,
-            max_tokens=args.max_tokens,
-            timeout_s=args.timeout,
-            api_key=api_key,
+        servers=tuple(
+            ServerConfig(
+                url=url,
+                api=args.api,
+                model=args.model,
+                structured=args.structured,
+                max_tokens=args.max_tokens,
+                timeout_s=args.timeout,
+                api_key=api_key,
+            )
+            for url in urls
         ),
         keys=keys,
         template=load_template(args.prompt_file) if args.prompt_file else CHAPTER_TEMPLATE,
         template_name=str(args.prompt_file) if args.prompt_file else "chapter",
-        concurrency=args.concurrency,
-        retries=args.retries,
+        concurrency=concurrency,
+        retry=RetryPolicy(retries=args.retries),
         progress=not args.quiet,
     )
 
@@ -142,26 +174,38 @@ def _interval(ci: list[float] | None) -> str:
 
 
 def print_summary(summary: dict) -> None:
-    console = Console(highlight=False)
+    console = Console(highlight=False, markup=False, soft_wrap=True)
     judge = summary["judge"]
+    digest = f"digest {judge['digest']}" if judge["digest"] else "digest unknown"
     console.print(
-        f"judge {judge['model']} (digest {judge['digest']}, server {judge['server_version']}, "
-        f"{judge['api']} at {judge['url']}); {summary['requests']} requests in {summary['wall_s']:.1f} s "
-        f"({summary['requests_per_s']:.1f} req/s), {summary['retries']} retries, "
-        f"{summary['from_journal']} from the journal"
+        f"judge {judge['model']} ({digest}, server {judge['server_version']}, {judge['api']}); "
+        f"{summary['requests']} requests in {summary['wall_s']:.1f} s ({summary['requests_per_s']:.1f} req/s), "
+        f"{summary['retries']} retries, {summary['from_journal']} from the journal"
     )
-    table = Table("key", "scored", "failed", "unparseable", "mean", "median", "std", "95% CI")
+    if not judge["digest"] and summary["from_journal"]:
+        console.print(f"the server reports no model digest: the journal key holds the model id, so the "
+                      f"{summary['from_journal']} scores from the journal may come from another version of it")
+    for server in summary["servers"]:
+        down = f", set aside {server['times_down']}x (its entries went to the others)" if server["times_down"] else ""
+        console.print(f"server {server['url']}: {server['requests']} requests, {server['failures']} failed, "
+                      f"{server['requests_per_s']:.1f} req/s, concurrency {server['concurrency']}{down}")
+    table = Table("key", "scored", "failed", "unparseable", "truncated", "mean", "median", "std", "95% CI")
     for key, k in summary["keys"].items():
-        table.add_row(key, f"{k['scored']}/{k['total']}", str(k["failed"]), str(k["unparseable"]),
+        table.add_row(key, f"{k['scored']}/{k['total']}", str(k["failed"]), str(k["unparseable"]), str(k["truncated"]),
                       _number(k["mean"]), _number(k["median"]), _number(k["std"]), _interval(k["ci95"]))
     console.print(table)
     for key, k in summary["keys"].items():
         console.print(f"{key} histogram {k['histogram']['counts']} (bins of 10, last includes 100)")
-        for what in ("failed", "unparseable"):
+        for what in ("failed", "unparseable", "truncated"):
             indices = k[f"{what}_indices"]
             if indices:
                 more = f" and {len(indices) - LISTED_MAX} more" if len(indices) > LISTED_MAX else ""
                 console.print(f"{key} {what} entries: {indices[:LISTED_MAX]}{more}")
+        if k["truncated"] == "unknown":
+            console.print(f"{key} truncation unknown: the server reports no prompt token count")
+        elif k["truncation_unknown"]:
+            console.print(f"{key}: {k['truncation_unknown']} replies gave no prompt token count "
+                          "(their truncation is unknown)")
     for pair in summary["paired"]:
         console.print(f"{pair['a']} - {pair['b']}: mean difference {_number(pair['mean_diff'])}, "
                       f"95% CI {_interval(pair['ci95'])}, over {pair['n']} entries")

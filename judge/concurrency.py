@@ -1,4 +1,4 @@
-"""How many requests are in flight: a fixed number, or found by an AIMD limiter (`auto`).
+"""How many requests are in flight on one server: a fixed number, or found by an AIMD limiter (`auto`).
 
 A judge server answers a few requests at a time (its parallel "slots", Ollama's
 OLLAMA_NUM_PARALLEL) and queues the rest without limit, so sending more than it has slots
@@ -16,15 +16,15 @@ decrease):
   the lowest seen. By Little's law, n in flight at S slots makes requests wait (n - S)/S
   service times on average, however the requests bunch, so the limit backs off (x0.75) once
   n passes 1.5 S and settles between about 1.1 S and 1.5 S, keeping every slot busy.
-- 503/429 and timeouts halve the limit.
+- 503/429 and timeouts halve the limit, fixed or auto: an entry waiting to retry holds no
+  place (judge/dispatch.py), so only a lower limit lowers the load. A fixed limit then climbs
+  back by about 1 per round trip, never above the number given.
 - Decreases happen at most once per round trip: a completion of a request sent before the
   last decrease says nothing about the new limit.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from dataclasses import dataclass
 
 AUTO_MAX_IN_FLIGHT = 256  # a bound on `auto`, far above any single server's slots
@@ -35,35 +35,32 @@ WAIT_SMOOTHING = 0.2  # weight of the newest completion in the moving average of
 OVERLOAD_BACKOFF = 0.5
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ticket:
     epoch: int  # decreases made before this request was sent
     saturated: bool  # the request took the last free place under the limit
 
 
 class Limiter:
-    """Bounds the requests in flight; `adaptive` moves the bound (AIMD), else it is fixed."""
+    """Bounds one server's requests in flight. Auto (`limit` None) moves the bound with the
+    server's queue and overload signals; a fixed one moves only below its number, on overload."""
 
     def __init__(self, limit: int | None):
         self.adaptive = limit is None
+        self.cap = float(AUTO_MAX_IN_FLIGHT if limit is None else limit)
         self.limit = AUTO_INITIAL_LIMIT if limit is None else float(limit)
         self.in_flight = 0
-        self._waiters: deque[asyncio.Future] = deque()
         self._epoch = 0
         self._slow_start = True
         self._min_latency_s = float("inf")
         self._wait_ratio = 0.0  # moving average of queue wait / service time
 
-    async def acquire(self) -> Ticket:
-        while self.in_flight >= max(1, int(self.limit)):
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            except asyncio.CancelledError:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
-                raise
+    @property
+    def room(self) -> int:
+        """Requests that may be sent now."""
+        return max(1, int(self.limit)) - self.in_flight
+
+    def take(self) -> Ticket:
         self.in_flight += 1
         return Ticket(self._epoch, self.in_flight >= int(self.limit))
 
@@ -76,16 +73,14 @@ class Limiter:
     ) -> None:
         """A request is done: with its latency when it was answered, `overload` on 503/429/timeout."""
         self.in_flight -= 1
-        if self.adaptive:
-            if overload:
-                self._decrease(ticket, OVERLOAD_BACKOFF)
-            elif latency_s is not None:
-                if self._congested(latency_s, queue_wait_s):
-                    self._decrease(ticket, QUEUE_BACKOFF)
-                elif ticket.saturated:  # the limit, not the work left, bounded the requests
-                    step = 1.0 if self._slow_start else 1.0 / self.limit
-                    self.limit = min(float(AUTO_MAX_IN_FLIGHT), self.limit + step)
-        self._wake()
+        if overload:
+            self._decrease(ticket, OVERLOAD_BACKOFF)
+        elif latency_s is not None:
+            if self.adaptive and self._congested(latency_s, queue_wait_s):
+                self._decrease(ticket, QUEUE_BACKOFF)
+            elif ticket.saturated and self.limit < self.cap:  # the limit, not the work, bounded the requests
+                step = 1.0 if self._slow_start else 1.0 / self.limit
+                self.limit = min(self.cap, self.limit + step)
 
     def _congested(self, latency_s: float, queue_wait_s: float | None) -> bool:
         if queue_wait_s is None:
@@ -102,11 +97,3 @@ class Limiter:
         self._wait_ratio = 0.0  # measure the new limit afresh
         self._epoch += 1
         self._slow_start = False
-
-    def _wake(self) -> None:
-        free = max(1, int(self.limit)) - self.in_flight
-        while free > 0 and self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                free -= 1

@@ -76,15 +76,7 @@ class PlainProgress:
         self._print()
 
 
-class NoProgress:
-    def update(self, done: int, in_flight: int, limit: float) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def make_progress(total: int, done: int, enabled: bool) -> RichProgress | PlainProgress | NoProgress:
+def make_progress(total: int, done: int, enabled: bool) -> RichProgress | PlainProgress | None:
     if not enabled:
-        return NoProgress()
+        return None
     return RichProgress(total, done) if sys.stderr.isatty() else PlainProgress(total, done)

@@ -1,34 +1,31 @@
-"""Scoring a responses file: plan the requests, send them concurrently, write the results.
+"""One scoring run, in phases: check the servers, plan the requests, send them, write the outputs.
 
-1. Read and check the entries; build one prompt per (entry, key). Empty responses score 0
-   without a request (as the chapter); identical prompts are requested once.
-2. Drop the prompts the journal already holds (a re-run resumes).
-3. Check the server and model, then send the rest with at most `limiter.limit` requests in
-   flight. Transport failures, timeouts, 429/5xx and broken streams are retried with
-   exponential backoff and jitter; 400/404 fail at once. An entry that still fails is recorded
-   as failed and the run goes on; it is not journaled, so the next run retries it.
-4. Write the scored entries and the summary atomically (docs/judge.md).
+Memory stays flat however long the input: entries are read as a stream (judge/inputs.py), the
+prompts to send and their results live in a working index on disk (judge/store.py), each
+result is appended to the journal as it arrives, and the scored file is written entry by entry
+(judge/output.py). Identical prompts are requested once; prompts the journal answers are not
+requested at all.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import aiohttp
 
-from instruct import atomic_write_json, read_entries
-from judge.clients import Client, RequestError, ServerConfig, ServerInfo, make_client
-from judge.concurrency import AUTO_MAX_IN_FLIGHT, Limiter
-from judge.journal import Journal, request_key
-from judge.parse import parse_score
+from instruct import atomic_write_json
+from judge.clients import ServerConfig, ServerInfo
+from judge.dispatch import Dispatcher, RetryPolicy
+from judge.inputs import Entries
+from judge.journal import Journal, RequestKey, Result
+from judge.output import write_scored
 from judge.progress import make_progress
 from judge.prompt import CHAPTER_TEMPLATE, render
-from judge.stats import describe, paired_difference
+from judge.servers import PROBE_INTERVAL_S, Servers
+from judge.store import Store
 
 SUMMARY_VERSION = 1
 
@@ -38,19 +35,27 @@ class ScoreConfig:
     input_path: Path
     out_path: Path
     summary_path: Path
-    server: ServerConfig
+    servers: tuple[ServerConfig, ...]  # the same judge at one URL or several
     keys: tuple[str, ...] = ("model_response",)
     template: str = CHAPTER_TEMPLATE
     template_name: str = "chapter"  # "chapter" or the --prompt-file path, for the summary
-    concurrency: int | None = None  # None: auto
-    retries: int = 8  # per request, after the first attempt
-    retry_base_s: float = 0.5  # first backoff; doubles per retry, up to retry_cap_s
-    retry_cap_s: float = 30.0
+    concurrency: tuple[int | None, ...] = (None,)  # None: auto; one for every server, or one each
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    probe_interval_s: float = PROBE_INTERVAL_S
     progress: bool = True
+
+    @property
+    def server(self) -> ServerConfig:
+        """What every server shares: the API, model, options and timeout."""
+        return self.servers[0]
 
     @property
     def journal_path(self) -> Path:
         return with_suffix(self.out_path, ".journal.jsonl")
+
+    @property
+    def work_path(self) -> Path:
+        return with_suffix(self.out_path, ".work.sqlite")
 
 
 def with_suffix(out_path: Path, suffix: str) -> Path:
@@ -59,113 +64,69 @@ def with_suffix(out_path: Path, suffix: str) -> Path:
     return out_path.with_name(name + suffix)
 
 
-@dataclass(frozen=True)
-class Result:
-    score: int | None  # None: unparseable (reply set) or failed (error set)
-    reply: str | None = None
-    error: str | None = None
+@dataclass
+class Plan:
+    prompts: int  # distinct prompts of the input
+    from_journal: int  # of them, answered by the journal
 
 
-class Scorer:
-    """Sends the prompts of one run through one HTTP session and one limiter."""
+def plan_requests(entries: Entries, config: ScoreConfig, request_key: RequestKey, store: Store) -> Plan:
+    """Check every entry; list each distinct prompt the journal does not answer, to request."""
 
-    def __init__(self, config: ScoreConfig, client: Client, session: aiohttp.ClientSession):
-        self.config = config
-        self.client = client
-        self.session = session
-        self.limiter = Limiter(config.concurrency)
-        self.requests = 0
-        self.retries = 0
-        self._jitter = random.Random()
+    def planned() -> Iterator[tuple[str, str]]:
+        for entry in entries:
+            for key in config.keys:
+                if entry[key] != "":  # an empty response scores 0 without a request, as the chapter
+                    prompt = render(config.template, entry, entry[key])
+                    yield request_key(prompt), prompt
 
-    async def score_all(self, prompts: dict[str, str], journal: Journal, results: dict[str, Result]) -> None:
-        todo = [key for key in prompts if key not in results]
-        progress = make_progress(len(prompts), len(prompts) - len(todo), self.config.progress)
-        pending = iter(todo)  # shared by the workers: each prompt goes to exactly one
+    store.add_planned(planned())
+    return Plan(*store.make_todo())
 
-        async def worker() -> None:
-            for key in pending:
-                result = await self.score_one(prompts[key])
-                results[key] = result
-                if result.error is None:
-                    journal.append(key, result.score, result.reply)
-                progress.update(len(results), self.limiter.in_flight, self.limiter.limit)
 
-        workers = self.config.concurrency or AUTO_MAX_IN_FLIGHT
-        try:
-            await asyncio.gather(*(worker() for _ in range(min(workers, len(todo)))))
-        finally:
+async def send_requests(config: ScoreConfig, servers: Servers, session: aiohttp.ClientSession, store: Store,
+                        plan: Plan) -> Dispatcher:
+    """Request every prompt on the todo list; each final result goes to the journal and the index."""
+    journal = Journal(config.journal_path)
+    progress = make_progress(plan.prompts, plan.from_journal, config.progress)
+    done = plan.from_journal
+
+    def finish(key: str, result: Result) -> None:
+        nonlocal done
+        if result.error is None:
+            journal.append(key, result)
+        store.finish(key, result)
+        done += 1
+        if progress is not None:
+            progress.update(done, servers.in_flight(), servers.limit())
+
+    dispatcher = Dispatcher(servers, session, config.server.structured, config.retry, finish)
+    try:
+        await dispatcher.run(store.todo())
+    finally:
+        if progress is not None:
             progress.close()
-
-    async def score_one(self, prompt: str) -> Result:
-        failures = 0
-        first_reply = None  # an unparseable first reply: asked once more
-        while True:
-            ticket = await self.limiter.acquire()
-            self.requests += 1
-            try:
-                reply = await self.client.chat(self.session, prompt)
-            except RequestError as e:
-                self.limiter.release(ticket, overload=e.overload)
-                if not e.retryable or failures >= self.config.retries:
-                    return Result(None, error=str(e))
-                failures += 1
-                self.retries += 1
-                await asyncio.sleep(self._backoff_s(failures))
-                continue
-            except BaseException:
-                self.limiter.release(ticket)
-                raise
-            self.limiter.release(ticket, reply.latency_s, reply.queue_wait_s)
-            score = parse_score(reply.content, self.config.server.structured)
-            if score is not None or first_reply is not None:
-                return Result(score, reply.content)
-            first_reply = reply.content
-            self.retries += 1
-
-    def _backoff_s(self, failures: int) -> float:
-        """Exponential backoff with "equal jitter" (half fixed, half random), so clients that
-        failed together (a server restart) do not come back together."""
-        ceiling = min(self.config.retry_cap_s, self.config.retry_base_s * 2 ** (failures - 1))
-        return ceiling * self._jitter.uniform(0.5, 1.0)
-
-
-def plan(entries: list[dict], config: ScoreConfig) -> tuple[list[dict[str, str | None]], dict[str, str]]:
-    """Per entry, the request key of each response (None: empty, scores 0); prompts by key."""
-    assignments, prompts = [], {}
-    for entry in entries:
-        row = {}
-        for key in config.keys:
-            if entry[key] == "":
-                row[key] = None
-                continue
-            prompt = render(config.template, entry, entry[key])
-            row[key] = rk = request_key(prompt, config.server)
-            prompts[rk] = prompt
-        assignments.append(row)
-    return assignments, prompts
+        journal.close()
+    return dispatcher
 
 
 async def score_file(config: ScoreConfig) -> dict:
     """Score `config.input_path`; write the scored file and summary; return the summary."""
     started, started_at = time.monotonic(), time.time()
-    entries = read_entries(config.input_path, required=("instruction", "output", *config.keys))
-    assignments, prompts = plan(entries, config)
-    journal = Journal(config.journal_path)
-    results = {key: Result(**record) for key, record in journal.load().items() if key in prompts}
-    from_journal = len(results)
-    client = make_client(config.server)
-    connector = aiohttp.TCPConnector(limit=config.concurrency or AUTO_MAX_IN_FLIGHT)
+    entries = Entries(config.input_path, required=("instruction", "output", *config.keys))
+    servers = Servers(config.servers, config.concurrency, config.probe_interval_s)
+    connector = aiohttp.TCPConnector(limit=sum(int(server.limiter.cap) for server in servers.all))
     async with aiohttp.ClientSession(connector=connector) as session:
-        info = await client.check(session)
-        scorer = Scorer(config, client, session)
-        try:
-            await scorer.score_all(prompts, journal, results)
-        finally:
-            journal.close()
+        info = await servers.check(session)
+        request_key = RequestKey(config.server, info)
+        with Store(config.work_path) as store:
+            store.add_journal(Journal(config.journal_path).records())
+            plan = plan_requests(entries, config, request_key, store)
+            sending = time.monotonic()
+            dispatcher = await send_requests(config, servers, session, store, plan)
+            send_s = time.monotonic() - sending
+            per_key, paired = write_scored(config.out_path, entries, config.keys, store.results(), config.input_path)
     wall_s = time.monotonic() - started
-
-    scored_entries, per_key = apply_results(entries, assignments, results, config.keys)
     summary = {
         "v": SUMMARY_VERSION,
         "type": "judge_summary",
@@ -175,73 +136,36 @@ async def score_file(config: ScoreConfig) -> dict:
         "journal": str(config.journal_path),
         "judge": judge_info(config, info),
         "prompt_template": config.template_name,
-        "concurrency": "auto" if config.concurrency is None else config.concurrency,
+        "concurrency": concurrency_field(config.concurrency),
         "wall_s": round(wall_s, 3),
-        "requests": scorer.requests,
-        "requests_per_s": round(scorer.requests / wall_s, 3) if wall_s > 0 else 0.0,
-        "retries": scorer.retries,
-        "from_journal": from_journal,
+        "send_s": round(send_s, 3),
+        "requests": dispatcher.requests,
+        "requests_per_s": round(dispatcher.requests / wall_s, 3) if wall_s > 0 else 0.0,
+        "retries": dispatcher.retries,
+        "from_journal": plan.from_journal,
+        "servers": [server.summary(wall_s) for server in servers.all],
         "keys": per_key,
-        "paired": [
-            {"a": a, "b": b, **paired_difference(per_key_scores(scored_entries, a), per_key_scores(scored_entries, b))}
-            for a, b in itertools.combinations(config.keys, 2)
-        ],
+        "paired": paired,
     }
-    atomic_write_json(config.out_path, scored_entries)
     atomic_write_json(config.summary_path, summary)
     return summary
+
+
+def concurrency_field(concurrency: tuple[int | None, ...]) -> str | int | list:
+    """"auto" or N for every server; a list, one per server, when given per server."""
+    values = ["auto" if n is None else n for n in concurrency]
+    return values[0] if len(values) == 1 else values
 
 
 def judge_info(config: ScoreConfig, info: ServerInfo) -> dict:
     server = config.server
     return {
         "model": info.model,
-        "digest": info.digest,
+        "digest": info.short_digest,
         "api": server.api,
-        "url": server.base_url,
+        "url": server.shown_url,
         "server_version": info.version,
         "structured": server.structured,
         "options": server.options,
+        "journal_key": "model digest" if info.digest else "model id",
     }
-
-
-def per_key_scores(scored_entries: list[dict], key: str) -> list[int | None]:
-    return [entry[f"{key}_score"] for entry in scored_entries]
-
-
-def apply_results(
-    entries: list[dict],
-    assignments: list[dict[str, str | None]],
-    results: dict[str, Result],
-    keys: tuple[str, ...],
-) -> tuple[list[dict], dict]:
-    """The input entries with `<key>_score` (and the reply or error where there is no score),
-    and each key's counts and figures for the summary."""
-    scored_entries = []
-    failed = {key: [] for key in keys}
-    unparseable = {key: [] for key in keys}
-    for index, (entry, row) in enumerate(zip(entries, assignments)):
-        out = dict(entry)
-        for key in keys:
-            result = Result(0) if row[key] is None else results[row[key]]
-            out[f"{key}_score"] = result.score
-            if result.error is not None:
-                out[f"{key}_judge_error"] = result.error
-                failed[key].append(index)
-            elif result.score is None:
-                out[f"{key}_judge_reply"] = result.reply
-                unparseable[key].append(index)
-        scored_entries.append(out)
-    per_key = {}
-    for key in keys:
-        scores = [s for s in per_key_scores(scored_entries, key) if s is not None]
-        per_key[key] = {
-            "total": len(entries),
-            "scored": len(scores),
-            "failed": len(failed[key]),
-            "unparseable": len(unparseable[key]),
-            **describe(scores),
-            "failed_indices": failed[key],
-            "unparseable_indices": unparseable[key],
-        }
-    return scored_entries, per_key

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import random
-import statistics
 from collections import Counter
+from fractions import Fraction
 
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 123
@@ -79,15 +79,15 @@ def _binomial_btrs(rng: random.Random, n: int, p: float) -> int:
             return k
 
 
-def resampled_means(values: list[int], resamples: int, rng: random.Random) -> list[float]:
-    """Means of `resamples` bootstrap resamples of `values` (integers), via multinomial counts."""
-    n = len(values)
+def resampled_means(counts: Counter, resamples: int, rng: random.Random) -> list[float]:
+    """Means of `resamples` bootstrap resamples of integer values given as {value: count}."""
+    n = sum(counts.values())
     # Most frequent values first: later binomials then mostly have few draws left.
-    counts = sorted(Counter(values).items(), key=lambda vc: (-vc[1], vc[0]))
+    ordered = sorted(counts.items(), key=lambda vc: (-vc[1], vc[0]))
     means = []
     for _ in range(resamples):
         draws_left, weight_left, total = n, n, 0
-        for value, count in counts[:-1]:
+        for value, count in ordered[:-1]:
             drawn = binomial(rng, draws_left, count / weight_left)
             total += value * drawn
             draws_left -= drawn
@@ -95,7 +95,7 @@ def resampled_means(values: list[int], resamples: int, rng: random.Random) -> li
             if draws_left == 0:
                 break
         else:
-            total += counts[-1][0] * draws_left
+            total += ordered[-1][0] * draws_left
         means.append(total / n)
     return means
 
@@ -108,41 +108,62 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (position - low)
 
 
-def bootstrap_ci(values: list[int], level: float = 0.95) -> list[float] | None:
+def bootstrap_ci(counts: Counter, level: float = 0.95) -> list[float] | None:
     """Percentile bootstrap interval of the mean: 10,000 resamples, seed 123."""
-    if not values:
+    counts = +counts  # values with a positive count
+    if not counts:
         return None
-    means = sorted(resampled_means(values, BOOTSTRAP_RESAMPLES, random.Random(BOOTSTRAP_SEED)))
+    means = sorted(resampled_means(counts, BOOTSTRAP_RESAMPLES, random.Random(BOOTSTRAP_SEED)))
     tail = (1.0 - level) / 2
     return [round(_percentile(means, tail), 4), round(_percentile(means, 1.0 - tail), 4)]
 
 
-def histogram(scores: list[int]) -> dict:
+def histogram(counts: Counter) -> dict:
     """Counts in 10-point bins [0,10), ..., [80,90), [90,100]: the last bin includes 100."""
-    counts = [0] * (len(HISTOGRAM_EDGES) - 1)
-    for score in scores:
-        counts[min(score // 10, len(counts) - 1)] += 1
-    return {"edges": HISTOGRAM_EDGES, "counts": counts}
+    bins = [0] * (len(HISTOGRAM_EDGES) - 1)
+    for score, count in counts.items():
+        bins[min(score // 10, len(bins) - 1)] += count
+    return {"edges": HISTOGRAM_EDGES, "counts": bins}
 
 
-def describe(scores: list[int]) -> dict:
-    """The figures of one key's scores (docs/judge.md); null figures when there are none."""
-    if not scores:
-        return {"mean": None, "median": None, "std": None, "ci95": None, "histogram": histogram(scores)}
+def _median(counts: Counter, n: int) -> float:
+    """The middle value (the mean of the two middle ones for even n), walking the sorted values."""
+    below, middle = 0, []
+    for value in sorted(counts):
+        below += counts[value]
+        while len(middle) < 2 and below > (n - 1) // 2 + len(middle):
+            middle.append(value)
+        if len(middle) == 2:
+            break
+    return float(middle[0]) if n % 2 else (middle[0] + middle[1]) / 2
+
+
+def describe(counts: Counter) -> dict:
+    """The figures of one key's scores, given as {score: count} (docs/judge.md); null figures
+    when there are none. Sums are exact integers, so the figures match `statistics` on the list."""
+    counts = +counts
+    n = sum(counts.values())
+    if not n:
+        return {"mean": None, "median": None, "std": None, "ci95": None, "histogram": histogram(counts)}
+    total = sum(value * count for value, count in counts.items())
+    squares = sum(value * value * count for value, count in counts.items())
+    variance = Fraction(n * squares - total * total, n * n)  # population variance, exactly
     return {
-        "mean": round(statistics.fmean(scores), 4),
-        "median": float(statistics.median(scores)),
-        "std": round(statistics.pstdev(scores), 4),  # population std over the scored entries
-        "ci95": bootstrap_ci(scores),
-        "histogram": histogram(scores),
+        "mean": round(total / n, 4),
+        "median": _median(counts, n),
+        "std": round(math.sqrt(variance), 4),  # population std over the scored entries
+        "ci95": bootstrap_ci(counts),
+        "histogram": histogram(counts),
     }
 
 
-def paired_difference(a: list[int | None], b: list[int | None]) -> dict:
-    """Mean of a - b over the entries scored in both, with its bootstrap interval."""
-    diffs = [x - y for x, y in zip(a, b) if x is not None and y is not None]
+def paired_difference(differences: Counter) -> dict:
+    """Mean of a - b over the entries scored in both (given as {difference: count}), with its
+    bootstrap interval."""
+    differences = +differences
+    n = sum(differences.values())
     return {
-        "n": len(diffs),
-        "mean_diff": round(statistics.fmean(diffs), 4) if diffs else None,
-        "ci95": bootstrap_ci(diffs),
+        "n": n,
+        "mean_diff": round(sum(d * c for d, c in differences.items()) / n, 4) if n else None,
+        "ci95": bootstrap_ci(differences),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.judge.fake_ollama import FakeOllama
+from testkit.fake_ollama import FakeOllama
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ from pathlib import Path
 import orjson
 
 from judge.clients import ServerConfig
+from judge.dispatch import RetryPolicy
 from judge.prompt import CHAPTER_TEMPLATE, render
 from judge.scorer import ScoreConfig
-from tests.judge.fake_ollama import expected_score
+from testkit.fake_ollama import expected_score
 
 
 def write_entries(path: Path, count: int, keys=("model_response",)) -> list[dict]:
@@ -22,13 +23,20 @@ def write_entries(path: Path, count: int, keys=("model_response",)) -> list[dict
     return entries
 
 
-def score_config(tmp_path: Path, url: str, **overrides) -> ScoreConfig:
-    server = ServerConfig(url=url, api=overrides.pop("api", "ollama"), model=overrides.pop("model", "llama3"),
-                          structured=overrides.pop("structured", False), timeout_s=overrides.pop("timeout_s", 5.0),
-                          api_key=overrides.pop("api_key", None))
+def score_config(tmp_path: Path, url: str | list[str], **overrides) -> ScoreConfig:
+    """A run's config for tests: short timeouts and backoffs; `url` may list several servers."""
+    servers = tuple(
+        ServerConfig(url=u, api=overrides.get("api", "ollama"), model=overrides.get("model", "llama3"),
+                     structured=overrides.get("structured", False), timeout_s=overrides.get("timeout_s", 5.0),
+                     api_key=overrides.get("api_key"))
+        for u in ([url] if isinstance(url, str) else url)
+    )
+    for name in ("api", "model", "structured", "timeout_s", "api_key"):
+        overrides.pop(name, None)
+    retry = RetryPolicy(retries=overrides.pop("retries", 8), base_s=overrides.pop("retry_base_s", 0.01),
+                        cap_s=overrides.pop("retry_cap_s", 0.2))
     settings = dict(input_path=tmp_path / "in.json", out_path=tmp_path / "out.json",
-                    summary_path=tmp_path / "out.summary.json", server=server,
-                    retry_base_s=0.01, retry_cap_s=0.2, progress=False)
+                    summary_path=tmp_path / "out.summary.json", servers=servers, retry=retry, progress=False)
     settings.update(overrides)
     return ScoreConfig(**settings)
 

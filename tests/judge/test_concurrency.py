@@ -9,7 +9,6 @@ from judge.scorer import score_file
 from tests.judge.helpers import score_config, write_entries
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("api", ["ollama", "openai"])
 @pytest.mark.parametrize("slots, latency_s, count", [(4, 0.05, 300), (16, 0.1, 640)])
 def test_auto_settles_between_s_and_2s(tmp_path, fake_ollama, api, slots, latency_s, count):
@@ -23,31 +22,35 @@ def test_auto_settles_between_s_and_2s(tmp_path, fake_ollama, api, slots, latenc
     assert slots <= middle <= 2 * slots, middle
 
 
-def test_fixed_limit_bounds_requests_in_flight():
-    async def scenario() -> int:
-        limiter, peak = Limiter(3), 0
-
-        async def request():
-            nonlocal peak
-            ticket = await limiter.acquire()
-            peak = max(peak, limiter.in_flight)
-            await asyncio.sleep(0.001)
-            limiter.release(ticket, latency_s=5.0, queue_wait_s=4.9)  # congestion changes nothing
-        await asyncio.gather(*(request() for _ in range(30)))
-        return peak
-
-    assert asyncio.run(scenario()) == 3
+def test_fixed_limit_ignores_queueing():
+    limiter = Limiter(3)
+    tickets = [limiter.take() for _ in range(3)]
+    assert limiter.room == 0
+    for ticket in tickets:
+        limiter.release(ticket, latency_s=5.0, queue_wait_s=4.9)  # congestion changes nothing
+    assert (limiter.limit, limiter.room) == (3.0, 3)
 
 
 def test_overload_halves_once_per_round_trip():
-    async def scenario() -> list[float]:
-        limiter = Limiter(None)
-        limiter.limit = 16.0
-        tickets = [await limiter.acquire() for _ in range(16)]
-        for ticket in tickets:  # all sent before the first 503 came back: one decrease
-            limiter.release(ticket, overload=True)
-        after_first = limiter.limit
-        limiter.release(await limiter.acquire(), overload=True)
-        return [after_first, limiter.limit]
+    limiter = Limiter(None)
+    limiter.limit = 16.0
+    tickets = [limiter.take() for _ in range(16)]
+    for ticket in tickets:  # all sent before the first 503 came back: one decrease
+        limiter.release(ticket, overload=True)
+    after_first = limiter.limit
+    limiter.release(limiter.take(), overload=True)
+    assert [after_first, limiter.limit] == [8.0, 4.0]
 
-    assert asyncio.run(scenario()) == [8.0, 4.0]
+
+def test_fixed_limit_lowers_on_overload_and_climbs_back_to_its_number():
+    """An entry waiting to retry holds no place, so a fixed limit must itself drop on 503s for
+    the load to drop; it then climbs back, never past the number given."""
+    limiter = Limiter(8)
+    for ticket in [limiter.take() for _ in range(8)]:
+        limiter.release(ticket, overload=True)
+    assert limiter.limit == 4.0
+    for _ in range(200):  # answered requests that filled the limit: about +1 per round trip
+        tickets = [limiter.take() for _ in range(limiter.room)]
+        for ticket in tickets:
+            limiter.release(ticket, latency_s=0.2, queue_wait_s=0.0)
+    assert limiter.limit == 8.0

@@ -7,7 +7,7 @@ import pytest
 
 from judge.clients import CheckError
 from judge.scorer import score_file
-from tests.judge.fake_ollama import BAD_REQUEST, NOT_A_SCORE
+from testkit.fake_ollama import BAD_REQUEST, NOT_A_SCORE
 from tests.judge.helpers import expected, score_config, write_entries
 
 FAULTS = ["503", "500", "drop", "error_line", "malformed", "non_integer", "final_text", "nonstream"]

@@ -43,8 +43,8 @@ def test_real_server_scores_the_chapter_test_set(tmp_path, llama_server, respons
         input_path=responses_data,
         out_path=tmp_path / "scored.json",
         summary_path=tmp_path / "scored.summary.json",
-        server=ServerConfig(url=llama_server, api="openai", model="gemma3-270m", structured=True,
-                            max_tokens=16, timeout_s=120),
+        servers=(ServerConfig(url=llama_server, api="openai", model="gemma3-270m", structured=True,
+                              max_tokens=16, timeout_s=120),),
         progress=False,
     )
     started = time.monotonic()
@@ -61,6 +61,8 @@ def test_real_server_scores_the_chapter_test_set(tmp_path, llama_server, respons
         else:
             assert isinstance(score, int) and 0 <= score <= 100
     assert summary["judge"]["model"] == "gemma3-270m" and summary["judge"]["structured"] is True
+    # An OpenAI-compatible server reports no digest and no context size: the summary says so.
+    assert (summary["judge"]["digest"], summary["judge"]["journal_key"], figures["truncated"]) == (None, "model id", "unknown")
     # Re-running is served from the journal: no request reaches the server.
     again = asyncio.run(score_file(config))
     assert again["requests"] == 0 and again["from_journal"] == figures["scored"] + figures["unparseable"]

@@ -2,6 +2,7 @@
 
 import random
 import statistics
+from collections import Counter
 
 from judge.stats import binomial, bootstrap_ci, describe, histogram, paired_difference, resampled_means
 
@@ -18,17 +19,17 @@ def test_binomial_moments():
 
 def test_bootstrap_is_pinned():
     scores = [(i * 37) % 101 for i in range(110)]
-    assert bootstrap_ci(scores) == [44.3452, 55.082]  # mean 49.75
-    assert bootstrap_ci(scores) == bootstrap_ci(list(scores))
-    assert bootstrap_ci([]) is None
-    assert bootstrap_ci([70]) == [70.0, 70.0]
+    assert bootstrap_ci(Counter(scores)) == [44.3452, 55.082]  # mean 49.75
+    assert bootstrap_ci(Counter(reversed(scores))) == [44.3452, 55.082]
+    assert bootstrap_ci(Counter()) is None
+    assert bootstrap_ci(Counter([70])) == [70.0, 70.0]
 
 
 def test_multinomial_resampling_matches_direct_resampling():
     """Counting draws per distinct value is the same bootstrap as drawing the values one by one."""
     rng = random.Random(7)
     scores = [rng.choice([0, 20, 50, 55, 80, 90, 100]) for _ in range(300)]
-    fast = sorted(resampled_means(scores, 4000, random.Random(1)))
+    fast = sorted(resampled_means(Counter(scores), 4000, random.Random(1)))
     direct_rng = random.Random(2)
     direct = sorted(statistics.fmean(direct_rng.choices(scores, k=len(scores))) for _ in range(4000))
     sd = statistics.pstdev(scores) / len(scores) ** 0.5
@@ -38,20 +39,32 @@ def test_multinomial_resampling_matches_direct_resampling():
 
 def test_describe_and_histogram():
     scores = [0, 9, 10, 55, 90, 99, 100, 100]
-    figures = describe(scores)
+    figures = describe(Counter(scores))
     assert figures["mean"] == 57.875
     assert figures["median"] == 72.5
     assert figures["std"] == round(statistics.pstdev(scores), 4)
     assert figures["ci95"][0] < figures["mean"] < figures["ci95"][1]
-    assert histogram(scores) == {"edges": [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
-                                 "counts": [2, 1, 0, 0, 0, 1, 0, 0, 0, 4]}
-    assert describe([])["mean"] is None and describe([])["ci95"] is None
+    assert histogram(Counter(scores)) == {"edges": [0, 10, 20, 30, 40, 50, 60, 70, 80, 90, 100],
+                                          "counts": [2, 1, 0, 0, 0, 1, 0, 0, 0, 4]}
+    assert describe(Counter())["mean"] is None and describe(Counter())["ci95"] is None
 
 
-def test_paired_difference_skips_unscored():
-    a = [80, 70, None, 60, 90]
-    b = [70, 70, 50, None, 60]
-    paired = paired_difference(a, b)
-    assert paired["n"] == 3
-    assert paired["mean_diff"] == round((10 + 0 + 30) / 3, 4)
+def test_figures_from_counts_match_statistics_on_the_list():
+    """The figures come from {score: count} (flat memory at any size); they are the ones
+    `statistics` gives on the list of scores."""
+    rng = random.Random(5)
+    for n in (1, 2, 3, 10, 101, 1000):
+        scores = [rng.choice([0, 1, 50, 51, 99, 100, rng.randrange(101)]) for _ in range(n)]
+        figures = describe(Counter(scores))
+        assert figures["mean"] == round(statistics.fmean(scores), 4)
+        assert figures["median"] == float(statistics.median(scores))
+        assert figures["std"] == round(statistics.pstdev(scores), 4)
+
+
+def test_paired_difference():
+    differences = Counter([10, 0, 30, -5])
+    paired = paired_difference(differences)
+    assert paired["n"] == 4
+    assert paired["mean_diff"] == round((10 + 0 + 30 - 5) / 4, 4)
     assert paired["ci95"][0] <= paired["mean_diff"] <= paired["ci95"][1]
+    assert paired_difference(Counter()) == {"n": 0, "mean_diff": None, "ci95": None}

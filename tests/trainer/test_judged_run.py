@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import orjson
 import pytest
 
-from tests.judge.fake_ollama import FakeOllama
+from testkit.fake_ollama import FakeOllama
 from tests.trainer.launcher import REPO, TINY, events, free_port, of_type, start, wait, wait_for
 from trainer.reporting.metrics import read_events
 
