@@ -1,8 +1,9 @@
-"""`python -m judge score FILE ...`: the command line of the judge.
+"""`python -m judge score FILE ...`, `follow RUN_DIR`, `check`: the command line of the judge.
 
 Exit status: 0 when every entry has a score or an unparseable reply, 3 when some entries
-failed (re-run the same command to retry them), 1 on bad input or an unusable server,
-2 on bad arguments, 130 on Ctrl-C (finished scores are kept in the journal).
+failed (re-run the same command to retry them; `follow`: some judged evaluations are not
+scored when the run has ended), 1 on bad input or an unusable server, 2 on bad arguments, 130 on
+Ctrl-C (finished scores are kept in the journal).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from rich.table import Table
 from instruct import EntryError
 from judge.clients import CheckError, ServerConfig, ServerInfo, make_client
 from judge.dispatch import RetryPolicy
+from judge.follow import RunWatch, follow
 from judge.prompt import CHAPTER_TEMPLATE, TemplateError, load_template
 from judge.scorer import ScoreConfig, score_file, with_suffix
 
@@ -71,30 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("file", type=Path, help="JSON list or JSONL of entries (instruction, input, output, responses)")
     score.add_argument("--key", action="append", dest="keys", metavar="KEY",
                        help="field holding the response to score; repeat to compare models (default: model_response)")
-    score.add_argument("--model", default="llama3", help="judge model (default: llama3)")
-    score.add_argument("--url", action="append", dest="urls", metavar="URL",
-                       help=f"server URL; repeat to share the work between servers of the same model "
-                            f"(default: {DEFAULT_URL})")
-    score.add_argument("--api", choices=("ollama", "openai"), default="ollama",
-                       help="ollama: /api/chat; openai: /v1/chat/completions (vLLM, llama.cpp, Ollama's /v1)")
-    score.add_argument("--api-key-env", metavar="NAME",
-                       help="environment variable holding the API key (sent as a Bearer token, never printed)")
-    score.add_argument("--concurrency", type=concurrency_arg, action="append", metavar="N|auto",
-                       help="requests in flight per server: a number, or auto (default) to find each server's "
-                            "capacity; once for every server, or once per --url in the same order")
     score.add_argument("--out", type=Path, help="scored file (default: FILE's name with .scored.json)")
     score.add_argument("--summary", type=Path, help="summary JSON (default: OUT with .summary.json)")
-    score.add_argument("--prompt-file", type=Path,
-                       help="custom prompt template with {input}, {output} and {response} placeholders")
-    score.add_argument("--structured", action="store_true",
-                       help='ask for the JSON schema {"score": integer 0..100} (Ollama format / response_format)')
-    score.add_argument("--max-tokens", type=positive_int, metavar="N",
-                       help="cap on the reply's tokens (Ollama num_predict); default: the server's")
-    score.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
-                       help="seconds per request, including the server's queue (default: 300)")
-    score.add_argument("--retries", type=count, default=8, metavar="N",
-                       help="retries per request on transient failures (default: 8)")
-    score.add_argument("--quiet", action="store_true", help="no progress display")
+    add_judge_options(score)
+
+    follow_run = commands.add_parser(
+        "follow", help="score a training run's judged evaluations (evals/step-<N>.json) as they appear")
+    follow_run.add_argument("run_dir", type=Path, help="the run directory")
+    follow_run.add_argument("--interval", type=positive_seconds, default=2.0, metavar="S",
+                            help="seconds between looks at the run directory (default: 2)")
+    follow_run.add_argument("--stall-after", type=positive_seconds, default=120.0, metavar="S",
+                            help="a run whose metrics.jsonl has not grown for this long has ended (default: 120)")
+    add_judge_options(follow_run)
 
     check = commands.add_parser("check", help="check that a server answers and serves the judge model, then exit")
     check.add_argument("--model", default="llama3", help="judge model (default: llama3)")
@@ -102,6 +92,32 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--api", choices=("ollama", "openai"), default="ollama")
     check.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key")
     return parser
+
+
+def add_judge_options(parser: argparse.ArgumentParser) -> None:
+    """The judge and how to reach it: what `score` and `follow` share."""
+    parser.add_argument("--model", default="llama3", help="judge model (default: llama3)")
+    parser.add_argument("--url", action="append", dest="urls", metavar="URL",
+                        help=f"server URL; repeat to share the work between servers of the same model "
+                             f"(default: {DEFAULT_URL})")
+    parser.add_argument("--api", choices=("ollama", "openai"), default="ollama",
+                        help="ollama: /api/chat; openai: /v1/chat/completions (vLLM, llama.cpp, Ollama's /v1)")
+    parser.add_argument("--api-key-env", metavar="NAME",
+                        help="environment variable holding the API key (sent as a Bearer token, never printed)")
+    parser.add_argument("--concurrency", type=concurrency_arg, action="append", metavar="N|auto",
+                        help="requests in flight per server: a number, or auto (default) to find each server's "
+                             "capacity; once for every server, or once per --url in the same order")
+    parser.add_argument("--prompt-file", type=Path,
+                        help="custom prompt template with {input}, {output} and {response} placeholders")
+    parser.add_argument("--structured", action="store_true",
+                        help='ask for the JSON schema {"score": integer 0..100} (Ollama format / response_format)')
+    parser.add_argument("--max-tokens", type=positive_int, metavar="N",
+                        help="cap on the reply's tokens (Ollama num_predict); default: the server's")
+    parser.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S",
+                        help="seconds per request, including the server's queue (default: 300)")
+    parser.add_argument("--retries", type=count, default=8, metavar="N",
+                        help="retries per request on transient failures (default: 8)")
+    parser.add_argument("--quiet", action="store_true", help="no progress display")
 
 
 def check_server(args: argparse.Namespace) -> int:
@@ -211,10 +227,50 @@ def print_summary(summary: dict) -> None:
                       f"95% CI {_interval(pair['ci95'])}, over {pair['n']} entries")
 
 
+def follow_run(args: argparse.Namespace) -> int:
+    """`python -m judge follow RUN_DIR`: score each judged evaluation as the run writes it."""
+    if not args.run_dir.is_dir():
+        print(f"error: {args.run_dir}: no such run directory", file=sys.stderr)
+        return 1
+
+    def config_for(path: Path) -> ScoreConfig:
+        return config_from_args(argparse.Namespace(**{**vars(args), "file": path, "out": None, "summary": None,
+                                                      "keys": None}))
+
+    def score(path: Path) -> None:
+        try:
+            summary = asyncio.run(score_file(config_for(path)))
+        except (EntryError, CheckError) as e:
+            print(f"error: {e}", file=sys.stderr)  # tried again at the next look
+            return
+        scores = summary["keys"]["model_response"]
+        print(f"{path.name}: mean {_number(scores['mean'])}, 95% CI {_interval(scores['ci95'])}, "
+              f"{scores['scored']}/{scores['total']} scored")
+
+    try:
+        config_for(args.run_dir / "evals" / "step-0.json")  # the flags, checked before any wait
+        unscored = follow(args.run_dir, score, RunWatch(args.run_dir / "metrics.jsonl", args.stall_after),
+                          args.interval)
+    except (TemplateError, UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished scores are kept in the journals; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    if unscored:
+        print(f"error: the run has ended; not scored: {', '.join(path.name for path in unscored)} "
+              "(re-run the same command to retry)", file=sys.stderr)
+        return EXIT_FAILED_ENTRIES
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check_server(args)
+    if args.command == "follow":
+        return follow_run(args)
     try:
         config = config_from_args(args)
     except (TemplateError, UsageError) as e:

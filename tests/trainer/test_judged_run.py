@@ -127,3 +127,27 @@ def test_a_judge_down_at_the_end_never_fails_the_run(tmp_path, monkeypatch, no_l
     assert done.returncode == 0, done.stderr[-2000:]
     summary = orjson.loads((out / "instruction-data-with-response.scored.summary.json").read_bytes())
     assert summary["keys"]["model_response"]["scored"] == 110
+
+
+def test_judged_evaluations_are_scored_while_the_run_trains(tmp_path, no_leftovers):
+    """--judge-samples 5 --eval-every 10 --max-steps 30: the same 5 validation prompts answered at
+    steps 1, 11 and 21; rank 0 starts `python -m judge follow` at the first and waits for it at the
+    end: each evaluation has its judged summary."""
+    judge = FakeOllama(slots=4, latency_s=0.005).start_in_thread()
+    out = tmp_path / "run"
+    try:
+        code, log = wait(start([*TINY, "--max-steps", "30", "--eval-every", "10", "--max-new-tokens", "4",
+                                "--judge-samples", "5", "--judge-url", judge.url, "--out", str(out)]), timeout=300)
+    finally:
+        judge.stop_thread()
+    assert code == 0, log[-3000:]
+    assert [(e["step"], e["path"], e["count"]) for e in of_type(events(out), "eval_responses")] == [
+        (step, f"evals/step-{step}.json", 5) for step in (1, 11, 21)]
+    prompts = set()
+    for step in (1, 11, 21):
+        entries = orjson.loads((out / "evals" / f"step-{step}.json").read_bytes())
+        prompts.add(tuple(e["instruction"] for e in entries))
+        summary = orjson.loads((out / "evals" / f"step-{step}.scored.summary.json").read_bytes())
+        assert summary["keys"]["model_response"]["scored"] == 5
+    assert len(prompts) == 1  # the same prompts every time
+    assert (out / "evals" / "follow.log").is_file()  # the follower's own output, not the run's console

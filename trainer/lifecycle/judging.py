@@ -48,6 +48,33 @@ def check_judge(config: TrainConfig) -> None:
         raise ValueError(f"--judge-url {redact_url(config.judge_url)}: {reason}")
 
 
+class JudgeFollow:
+    """`python -m judge follow RUN_DIR` for the judged evaluations (--judge-samples): started by
+    rank 0 at the first one, waited for once the run has ended (it scores what is left and exits
+    when it sees run_end). Its output goes to evals/follow.log, not into the run's console."""
+
+    def __init__(self, config: TrainConfig):
+        self.arguments = [*judge_arguments(config, config.judge_url), "--quiet"]
+        self.log: Path | None = None
+        self.process: subprocess.Popen | None = None
+
+    def start(self, run_dir: Path) -> None:
+        if self.process is None:
+            self.log = run_dir / "evals" / "follow.log"
+            with open(self.log, "ab") as log:
+                self.process = subprocess.Popen([sys.executable, "-m", "judge", "follow", str(run_dir), *self.arguments],
+                                                stdout=log, stderr=subprocess.STDOUT)
+
+    def wait(self) -> None:
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            print(f"waiting for python -m judge follow to score the last judged evaluations (log: {self.log})")
+        if self.process.wait() != 0:
+            print(f"warning: python -m judge follow exited with {self.process.returncode} (log: {self.log}); "
+                  "run it again to finish", file=sys.stderr)
+
+
 def judge(run_dir: Path, config: TrainConfig, notifier=None) -> JudgeEnd:
     """Rank 0, after run_end: score the test responses; judge_start and judge_end in metrics.jsonl
     (and judge_end to the --notify-env webhook)."""

@@ -45,7 +45,7 @@ from trainer.lifecycle import checkpoint, resume, signals
 from trainer.lifecycle.coordination import Coordinator
 from trainer.lifecycle.evals import JudgedEvaluations, forget_after
 from trainer.lifecycle.final import answer_with_the_initial_weights, finish
-from trainer.lifecycle.judging import check_judge, judge
+from trainer.lifecycle.judging import JudgeFollow, check_judge, judge
 from trainer.lifecycle.run import EXIT_FAILED, RunLifecycle, warn
 from trainer.lifecycle.rundir import RunLock, create_run_dir, git_commit, versions, write_config
 from trainer.reporting.events import Checkpoint, RunStart
@@ -112,12 +112,14 @@ def main(config: TrainConfig) -> int:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     dist_info = distributed.init(config.dist_timeout)
-    # Word on a webhook (rank 0): from the run's start to the end of judging, closed on every path.
+    # Word on a webhook, and the judge following the judged evaluations (rank 0): from the run's
+    # start to the end of judging, closed on every path.
     notifier = Notifier(os.environ[config.notify_env], warn) if config.notify_env and dist_info.is_main else None
+    follower = JudgeFollow(config) if config.judge_url and config.judge_samples and dist_info.is_main else None
     code, run_dir = EXIT_FAILED, None
     try:
         try:
-            code, run_dir = run(config, dist_info, notifier)
+            code, run_dir = run(config, dist_info, notifier, follower)
         except ValueError as e:  # bad flags or input: identical on every rank, said once
             if dist_info.is_main:
                 print(f"error: {e}", file=sys.stderr)
@@ -131,12 +133,14 @@ def main(config: TrainConfig) -> int:
         if code == 0 and run_dir is not None and config.judge_url and dist_info.is_main:
             judge(run_dir, config, notifier)  # the other ranks have finished; a judge that fails never fails the run
     finally:
+        if follower is not None:
+            follower.wait()
         if notifier is not None:
             notifier.close()
     return code
 
 
-def run(config: TrainConfig, dist_info, notifier=None) -> tuple[int, Path | None]:
+def run(config: TrainConfig, dist_info, notifier=None, follower=None) -> tuple[int, Path | None]:
     """The exit status, and the run directory (None for a dry run)."""
     if config.expect_ranks is not None and config.expect_ranks != dist_info.world_size:
         raise ValueError(f"--expect-ranks {config.expect_ranks}: the launcher started {dist_info.world_size} "
@@ -153,14 +157,14 @@ def run(config: TrainConfig, dist_info, notifier=None) -> tuple[int, Path | None
         return 0, None
     place, lock = place_run(config, dist_info, plan)
     try:
-        return run_in(place, lock, config, dist_info, plan, faults, notifier), place.run_dir
+        return run_in(place, lock, config, dist_info, plan, faults, notifier, follower), place.run_dir
     finally:
         if lock is not None:
             lock.release()
 
 
 def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info, plan: RunPlan,
-           faults: TestFaults, notifier) -> int:
+           faults: TestFaults, notifier, follower) -> int:
     """Every phase from `record` on, in the run directory this launcher holds."""
     if dist_info.is_main:
         record_run(config, dist_info, plan, place)
@@ -180,7 +184,10 @@ def run_in(place: RunPlace, lock: RunLock | None, config: TrainConfig, dist_info
         log.print(f"run {place.run_dir}  model {plan.name}  world {dist_info.world_size}  "
                   f"ZeRO-{loop.engine.zero_optimization_stage()}  {plan.precision}  global batch {layout.global_batch} "
                   f"= {layout.micro_batch} x {layout.grad_accum} x {dist_info.world_size}  {loop.total_steps} steps")
-        evals = JudgedEvaluations(loop, place.run_dir) if config.judge_samples else None
+        evals = None
+        if config.judge_samples:
+            start_follow = (lambda: follower.start(place.run_dir)) if follower is not None else None
+            evals = JudgedEvaluations(loop, place.run_dir, start_follow)
         train(loop, place.run_dir, life, evals)
         life.final_val_loss = finish(loop, place.run_dir, life.coordinator)
         log.print(f"done: final val loss {life.final_val_loss:.4f}; outputs in {place.run_dir}")
