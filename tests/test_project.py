@@ -66,3 +66,10 @@ def test_tests_and_benchmarks_do_not_import_each_other():
                     assert node.module.split(".")[0] != forbidden, f"{path} imports {node.module}"
                 if isinstance(node, ast.Import):
                     assert all(a.name.split(".")[0] != forbidden for a in node.names), path
+
+
+def test_the_architecture_page_names_files_that_exist():
+    page = (REPO / "docs" / "architecture.md").read_text()
+    named = set(re.findall(r"`((?:trainer|tui|judge|instruct|launch|testkit|tests|bench)/[\w/]*\.py)`", page))
+    assert len(named) > 20
+    assert sorted(path for path in named if not (REPO / path).is_file()) == []
