@@ -9,6 +9,7 @@ from judge.scorer import score_file
 from tests.judge.helpers import score_config, write_entries
 
 
+@pytest.mark.slow  # timed against the fake server, about 20 s in all
 @pytest.mark.parametrize("api", ["ollama", "openai"])
 @pytest.mark.parametrize("slots, latency_s, count", [(4, 0.05, 300), (16, 0.1, 640)])
 def test_auto_settles_between_s_and_2s(tmp_path, fake_ollama, api, slots, latency_s, count):
