@@ -123,6 +123,7 @@ def train_cases(folder: Path) -> dict[str, list[str]]:
     cases["tokenizer-missing"] = argv(tokenizer_dir=str(folder / "no-tokenizer"))
     cases["max-length-past-context"] = argv(max_length="4096")
     cases["expect-other-ranks"] = argv(expect_ranks="3")
+    cases["judge-down-at-the-start"] = argv(judge_url="http://127.0.0.1:9")  # nobody listens on port 9
     return cases
 
 

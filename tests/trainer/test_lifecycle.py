@@ -124,21 +124,28 @@ def test_stop_in_the_generation_keeps_every_response_on_another_number_of_ranks(
 
 
 def test_stop_in_the_export_then_resume(tmp_path, no_leftovers, monkeypatch):
+    """Stopped in the export, with --base-responses: the resume writes the model files, and
+    regenerates neither the test responses nor the base ones."""
     out = tmp_path / "run"
     monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:export:120")
-    proc = start([*RUN, "--out", str(out)])
+    proc = start([*RUN, "--base-responses", "--out", str(out)])
     wait_for(lambda: heartbeat(out, 0).get("phase") == "export", 240, "rank 0 exporting")
     wait_for(lambda: heartbeat(out, 1).get("phase") == "wait_export", 10, "rank 1 waiting for it")
     stop_in(out, proc, "export")
     monkeypatch.delenv("GPT2_INSTRUCT_TEST_HOLD")
     assert not (out / "tiny-sft.pth").exists()
     responses = (out / "instruction-data-with-response.json").read_bytes()
+    base = out / "responses" / "base_response.json"
+    base_before = (base.read_bytes(), base.stat().st_mtime_ns)
 
-    code, log = train([*RUN, "--out", str(out), "--resume"])
+    code, log = train([*RUN, "--base-responses", "--out", str(out), "--resume"])
     assert code == 0, log[-3000:]
     last = assert_resumed_without_training(out)
     assert not of_type(last, "eval") and not of_type(last, "generate")  # only the export was missing
     assert (out / "instruction-data-with-response.json").read_bytes() == responses
+    assert (base.read_bytes(), base.stat().st_mtime_ns) == base_before and "base responses" not in log
+    answers = orjson.loads(responses)
+    assert all(isinstance(a["base_response"], str) for a in answers) and len(answers) == 110
 
 
 def test_rank_0_exporting_alone_does_not_trip_the_collective_timeout(tmp_path, no_leftovers, monkeypatch):
