@@ -96,30 +96,51 @@ def test_stop_in_the_final_evaluation_then_a_failing_and_a_good_resume(tmp_path,
     assert [e["full"] for e in of_type(last, "eval")] == [True]  # the final evaluation, done now
 
 
-def test_stop_in_the_generation_keeps_every_response_on_another_number_of_ranks(tmp_path, no_leftovers):
-    """Stopped mid-way through the test responses: the journalled ones are kept, and a resume on 1
-    rank generates only the rest."""
+def journalled(out: Path, rank: int | None = None) -> dict[int, str]:
+    """The responses journalled so far (by one rank, or by all), polled while ranks write: as the
+    trainer reads them, a line counts once its newline is written."""
+    found = {}
+    pattern = f"model_response.rank-{'*' if rank is None else rank}.jsonl"
+    for path in (out / "responses").glob(pattern):
+        for line in path.read_bytes().split(b"\n")[1:-1]:  # the header; a torn or empty last piece
+            record = orjson.loads(line)
+            found[record["index"]] = record["response"]
+    return found
+
+
+def test_generation_is_shared_by_demand_stopped_killed_and_resumed_on_other_numbers_of_ranks(
+        tmp_path, no_leftovers, monkeypatch):
+    """Rank 1 held before its first batch: rank 0 takes batch after batch from the shared counter,
+    well past its half. Stopped there (SIGTERM), resumed and killed mid-way (SIGKILL), resumed on 1
+    rank: the last attempt generates exactly the responses no journal holds (its rank 0 logs every
+    batch), and every journalled response is the one in the final file."""
     out = tmp_path / "run"
-    slow = [*RUN[:-2], "--max-new-tokens", "256", "--generate-batch", "2"]
-    proc = start([*slow, "--out", str(out)])
-    wait_for(lambda: len(of_type(written(out), "generate")) >= 2, 240, "two batches of responses")
+    slow = [*RUN[:-2], "--max-new-tokens", "64", "--generate-batch", "1", "--out", str(out)]
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "1:generate:300")
+    proc = start(slow)
+    wait_for(lambda: len(journalled(out, 0)) > 60, 240, "rank 0 past half of the responses")
     kill_group(proc, signal.SIGTERM)
     wait_for(lambda: written(out)[-1]["type"] == "run_end", 30, "run_end")
     assert wait(proc, timeout=60)[0] != 0
+    monkeypatch.delenv("GPT2_INSTRUCT_TEST_HOLD")
     assert events(out)[-1]["status"] == "interrupted"
-    journalled = {}
-    for path in (out / "responses").glob("model_response.rank-*.jsonl"):
-        for line in path.read_bytes().splitlines()[1:]:
-            record = orjson.loads(line)
-            journalled[record["index"]] = record["response"]
-    assert 2 <= len(journalled) < 110
+    by_rank_0 = journalled(out, 0)
+    assert 60 < len(by_rank_0) < 110 and not journalled(out, 1), len(by_rank_0)  # rank 1 took none
 
-    code, log = train([*slow, "--out", str(out), "--resume"], ranks=1)
+    proc = start([*slow, "--resume"])
+    wait_for(lambda: len(journalled(out)) >= len(by_rank_0) + 6, 240, "six more responses")
+    kill_group(proc, signal.SIGKILL)
+    proc.communicate()
+    kept = journalled(out)
+    assert len(kept) < 110 and all(kept[i] == response for i, response in by_rank_0.items())
+
+    code, log = train([*slow, "--resume"], ranks=1)
     assert code == 0, log[-3000:]
     last = assert_resumed_without_training(out)
-    assert of_type(last, "generate")[0]["done"] > len(journalled)  # counted from what was kept
+    progress = of_type(last, "generate")[:-1]  # one per batch of 1, then the merged total
+    assert len(progress) == 110 - len(kept) and min(e["done"] for e in progress) == len(kept) + 1
     answers = orjson.loads((out / "instruction-data-with-response.json").read_bytes())
-    assert all(answers[i]["model_response"] == response for i, response in journalled.items())
+    assert all(answers[i]["model_response"] == response for i, response in kept.items())
     assert sorted(p.name for p in (out / "responses").iterdir()) == ["model_response.json"]  # journals merged
 
 

@@ -25,6 +25,7 @@ from tests.trainer.launcher import TINY, events, free_port, kill_group, of_type,
 from tests.trainer.test_lifecycle import heartbeat
 from tests.trainer.test_pipeline import GOLDEN_LOSSES
 from trainer.gpt2.tokenizer import get_tokenizer
+from trainer.reporting.metrics import read_events
 from trainer.training.data import InstructionDataset, split_indices, tokenize
 from trainer.training.token_cache import Entries, TokenCache, look_up
 
@@ -159,6 +160,7 @@ def builder_process(between_chunks: str) -> subprocess.Popen:
         from pathlib import Path
         from testkit.paths import INSTRUCTION_DATA, TOKENIZER_DIR
         from trainer.gpt2.tokenizer import get_tokenizer
+from trainer.reporting.metrics import read_events
         from trainer.training.token_cache import look_up
         tokenizer = get_tokenizer(TOKENIZER_DIR)
         cache, count, found = look_up(INSTRUCTION_DATA, tokenizer)
@@ -218,10 +220,11 @@ RUN = [*TINY, "--max-steps", "6", "--save-every", "2", "--eval-every", "0", "--m
 
 
 @pytest.mark.slow
-def test_a_build_killed_in_the_tokenize_phase_is_rebuilt_and_a_resume_reuses_it(tmp_path, monkeypatch, no_leftovers):
+def test_a_build_killed_in_the_tokenize_phase_is_rebuilt_then_reused_by_a_resume_and_a_fresh_run(tmp_path, monkeypatch, no_leftovers):
     """Killed while local rank 0 builds (rank 1 waiting outside any collective), the run leaves a
     folder that looks incomplete; the next start builds the cache again; the resume after it finds
-    the cache and ends on the golden curve, replayed steps logging the same losses."""
+    the cache and ends on the golden curve, replayed steps logging the same losses; a fresh run
+    finds it too, and a changed data file gets a cache of its own."""
     cache_home = tmp_path / "cache"
     monkeypatch.setenv("GPT2_INSTRUCT_CACHE", str(cache_home))
     out = tmp_path / "run"
@@ -259,6 +262,25 @@ def test_a_build_killed_in_the_tokenize_phase_is_rebuilt_and_a_resume_reuses_it(
     assert [losses[step] for step in range(1, 7)] == pytest.approx(GOLDEN_LOSSES, abs=1e-5)
     starts = of_type(events(out), "run_start")
     assert [(s["attempt"], s["resumed_from_step"]) for s in starts] == [(1, 0), (2, 0), (3, 2)]
+
+    # A fresh run (another directory) finds the cache too and trains on the same batches; the data
+    # file changed by one byte is tokenized into a cache of its own.
+    changed = tmp_path / "changed.json"
+    changed.write_bytes(INSTRUCTION_DATA.read_bytes().replace(b"friend", b"fiend", 1))
+    for data, name in ((INSTRUCTION_DATA, "fresh"), (changed, "changed")):
+        args = [str(data) if a == str(INSTRUCTION_DATA) else a for a in RUN]
+        proc = start([*args, "--out", str(tmp_path / name)])
+        try:
+            wait_for(lambda: step_logged(tmp_path / name, 2), 240, f"step 2 of the {name} run")
+        finally:
+            kill_group(proc, signal.SIGKILL)
+        log, _ = proc.communicate()
+        losses = [e["loss"] for e in of_type(read_events(tmp_path / name / "metrics.jsonl"), "train")]
+        if name == "fresh":
+            assert f"token cache     found: 1,100 entries, 62,025 tokens, {cache_home / 'tokens' / key}" in log
+            assert "tokenizing" not in log and losses[:2] == pytest.approx(GOLDEN_LOSSES[:2], abs=1e-5)
+    assert "tokenizing changed.json: 1,100 entries into the token cache" in log
+    assert len(leftovers(cache_home / "tokens")) == 2 and key in leftovers(cache_home / "tokens")
 
 
 @pytest.mark.slow
