@@ -90,6 +90,9 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("--judge-url", default=None,
                    help="after the run, score the test responses with the judge server there (python -m judge score); "
                         "checked before the first step")
+    j.add_argument("--judge-url-env", default=None, metavar="NAME",
+                   help="instead of --judge-url: the environment variable holding the URL (one with credentials, "
+                        "which the launcher would print with its command line)")
     j.add_argument("--judge-model", default=DEFAULTS.judge_model, help="the judge model")
     j.add_argument("--judge-api", choices=["ollama", "openai"], default=DEFAULTS.judge_api)
     j.add_argument("--judge-key-env", default=None, metavar="NAME", help="environment variable with the judge's API key")

@@ -99,6 +99,9 @@ def bad_weights(folder: Path) -> dict[str, Path]:
     return found
 
 
+SECRET = "hunter2"  # a password in a URL: never printed
+
+
 def train_cases(folder: Path) -> dict[str, list[str]]:
     base = {"--model": "tiny", "--weights": "none", "--data": str(INSTRUCTION_DATA),
             "--tokenizer-dir": str(TOKENIZER_DIR), "--out": str(folder / "run"), "--max-steps": "1"}
@@ -124,6 +127,9 @@ def train_cases(folder: Path) -> dict[str, list[str]]:
     cases["max-length-past-context"] = argv(max_length="4096")
     cases["expect-other-ranks"] = argv(expect_ranks="3")
     cases["judge-down-at-the-start"] = argv(judge_url="http://127.0.0.1:9")  # nobody listens on port 9
+    cases["judge-url-with-credentials"] = argv(judge_url=f"http://user:{SECRET}@127.0.0.1:9")
+    cases["judge-url-env-unset"] = argv(judge_url_env="GPT2_INSTRUCT_NO_SUCH_VARIABLE")
+    cases["judge-url-and-judge-url-env"] = argv(judge_url="http://127.0.0.1:9", judge_url_env="HOME")
     return cases
 
 
@@ -217,6 +223,8 @@ def problems_of(command: str, name: str, result: dict, before: set[str], after: 
     problems = []
     if "Traceback" in result["stderr"]:
         problems.append("a traceback: " + result["stderr"][-1500:])
+    if SECRET in result["stdout"] + result["stderr"]:
+        problems.append("a credential printed")
     if len(own) > 2:
         problems.append(f"{len(own)} lines on stderr: {own[:5]}")
     if (command, name) in TOLERATED:

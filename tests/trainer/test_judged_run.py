@@ -100,13 +100,15 @@ def test_base_against_tuned_in_one_command(tmp_path, webhook, monkeypatch, no_le
 def test_a_judge_down_at_the_end_never_fails_the_run(tmp_path, monkeypatch, no_leftovers):
     """Up for the check before the first step, down when the run ends: the run completes,
     judge_end says why and how to finish, and that command completes the files later. A webhook
-    that does not answer is reported once and changes nothing either."""
+    that does not answer is reported once and changes nothing either. The judge's URL carries a
+    password (--judge-url-env): it is in no line printed and no file written."""
     port = free_port()
     judge = FakeOllama(port=port, latency_s=0.005).start_in_thread()
+    monkeypatch.setenv("JUDGE_URL", judge.url.replace("http://", "http://judge:hunter2@"))
     monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:export:10")  # time enough to stop the judge first
     monkeypatch.setenv("RUN_WEBHOOK", f"http://127.0.0.1:{free_port()}/nobody-listens")
     out = tmp_path / "run"
-    proc = start([*RUN, "--judge-url", judge.url, "--notify-env", "RUN_WEBHOOK", "--out", str(out)])
+    proc = start([*RUN, "--judge-url-env", "JUDGE_URL", "--notify-env", "RUN_WEBHOOK", "--out", str(out)])
     wait_for(lambda: any(e["type"] == "checkpoint" for e in read_events(out / "metrics.jsonl")), 240, "the last step")
     judge.stop_thread()
     code, log = wait(proc, timeout=300)
@@ -119,20 +121,23 @@ def test_a_judge_down_at_the_end_never_fails_the_run(tmp_path, monkeypatch, no_l
 
     judge = FakeOllama(port=port, latency_s=0.005).start_in_thread()
     try:
-        command = shlex.split(end["command"])
-        assert command[:4] == ["python", "-m", "judge", "score"]
-        done = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=120, cwd=REPO)
+        command = end["command"]
+        assert command.startswith("python -m judge score ") and ' --url "$JUDGE_URL" ' in command, command
+        done = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)}{command.removeprefix('python')}"],
+                              capture_output=True, text=True, timeout=120, cwd=REPO)
     finally:
         judge.stop_thread()
     assert done.returncode == 0, done.stderr[-2000:]
     summary = orjson.loads((out / "instruction-data-with-response.scored.summary.json").read_bytes())
     assert summary["keys"]["model_response"]["scored"] == 110
+    assert "hunter2" not in log + done.stdout + done.stderr
+    assert not [p for p in out.rglob("*") if p.is_file() and b"hunter2" in p.read_bytes()]
 
 
 def test_judged_evaluations_are_scored_while_the_run_trains(tmp_path, no_leftovers):
     """--judge-samples 5 --eval-every 10 --max-steps 30: the same 5 validation prompts answered at
-    steps 1, 11 and 21; rank 0 starts `python -m judge follow` at the first and waits for it at the
-    end: each evaluation has its judged summary."""
+    steps 1, 11, 21 and 30 (the final evaluation's); rank 0 starts `python -m judge follow` at the
+    first and waits for it at the end: each evaluation has its judged summary."""
     judge = FakeOllama(slots=4, latency_s=0.005).start_in_thread()
     out = tmp_path / "run"
     try:
@@ -142,9 +147,10 @@ def test_judged_evaluations_are_scored_while_the_run_trains(tmp_path, no_leftove
         judge.stop_thread()
     assert code == 0, log[-3000:]
     assert [(e["step"], e["path"], e["count"]) for e in of_type(events(out), "eval_responses")] == [
-        (step, f"evals/step-{step}.json", 5) for step in (1, 11, 21)]
+        (step, f"evals/step-{step}.json", 5) for step in (1, 11, 21, 30)]
+    assert sorted({e["step"] for e in of_type(events(out), "eval")}) == [1, 11, 21, 30]  # each one judged
     prompts = set()
-    for step in (1, 11, 21):
+    for step in (1, 11, 21, 30):
         entries = orjson.loads((out / "evals" / f"step-{step}.json").read_bytes())
         prompts.add(tuple(e["instruction"] for e in entries))
         summary = orjson.loads((out / "evals" / f"step-{step}.scored.summary.json").read_bytes())

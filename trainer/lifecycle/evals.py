@@ -1,9 +1,10 @@
 """Judged evaluations (`--judge-samples K`): quality over the steps, not only the loss.
 
-At up to MAX_JUDGED evaluations of the run, evenly spread with the first and the last included
-(or every `--judge-every N` steps), the model answers a fixed set of K validation prompts (the
-same K each time, chosen with the seed), greedily with the test responses' settings, sharded
-across ranks; rank 0 writes them to evals/step-<N>.json (the format of the responses file) and an
+At up to MAX_JUDGED evaluations of the run (the chapter's, each epoch's end and the final one),
+evenly spread with the first and the last included (or every `--judge-every N` steps), the model
+answers a fixed set of K validation prompts (the same K each time, chosen with the seed), greedily
+with the test responses' settings, sharded across ranks; rank 0 writes them to
+evals/step-<N>.json (the format of the responses file) and an
 `eval_responses` event. Training never waits for the judge: `python -m judge follow RUN_DIR`
 scores each file as it appears (docs/judge.md), started by rank 0 itself with --judge-url.
 """
@@ -57,8 +58,7 @@ class JudgedEvaluations:
         entries = loop.data.val_entries
         chosen = sorted(random.Random(config.seed).sample(range(len(entries)), min(config.judge_samples, len(entries))))
         self.entries = [entries[i] for i in chosen]
-        eval_steps = [s for s in range(1, loop.total_steps + 1) if loop.should_eval(s)]
-        self.steps = judged_steps(eval_steps, config.judge_every, loop.total_steps)
+        self.steps = judged_steps(loop.evaluation_steps(), config.judge_every, loop.total_steps)
         self.written = 0
 
     def __call__(self, step: int) -> None:

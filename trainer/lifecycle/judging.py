@@ -29,14 +29,14 @@ from trainer.training.config import TrainConfig
 CHECK_TIMEOUT_S = 60
 
 
-def judge_arguments(config: TrainConfig, url: str) -> list[str]:
-    arguments = ["--url", url, "--model", config.judge_model, "--api", config.judge_api]
+def judge_arguments(config: TrainConfig) -> list[str]:
+    arguments = ["--url", config.judge_server, "--model", config.judge_model, "--api", config.judge_api]
     return arguments + (["--api-key-env", config.judge_key_env] if config.judge_key_env else [])
 
 
 def check_judge(config: TrainConfig) -> None:
     """Raise ValueError (one line) unless the judge can score with this server and model."""
-    command = [sys.executable, "-m", "judge", "check", *judge_arguments(config, config.judge_url)]
+    command = [sys.executable, "-m", "judge", "check", *judge_arguments(config)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -45,7 +45,24 @@ def check_judge(config: TrainConfig) -> None:
         reason = (done.stderr.strip().splitlines() or ["no output"])[-1].removeprefix("error: ")
         if "No module named judge" in done.stderr or "aiohttp" in done.stderr:
             reason = "the judge is not installed here: pip install -e '.[judge]'"
-        raise ValueError(f"--judge-url {redact_url(config.judge_url)}: {reason}")
+        raise ValueError(f"{judge_flag(config)}: {reason}")
+
+
+def judge_flag(config: TrainConfig) -> str:
+    """The flag that named the judge, as an error may show it."""
+    if config.judge_url_env:
+        return f"--judge-url-env {config.judge_url_env}"
+    return f"--judge-url {config.judge_url}"  # one without credentials (TrainConfig's checks)
+
+
+def by_hand(arguments: list[str], config: TrainConfig) -> str:
+    """The `python -m judge score` command that finishes the job later, without credentials: the
+    URL as --judge-url gave it, or the environment variable --judge-url-env named."""
+    words = ["python", "-m", "judge", "score", *arguments]
+    at = words.index("--url") + 1
+    if config.judge_url_env:
+        return f'{shlex.join(words[:at])} "${config.judge_url_env}" {shlex.join(words[at + 1:])}'
+    return shlex.join(words)
 
 
 class JudgeFollow:
@@ -54,7 +71,7 @@ class JudgeFollow:
     when it sees run_end). Its output goes to evals/follow.log, not into the run's console."""
 
     def __init__(self, config: TrainConfig):
-        self.arguments = [*judge_arguments(config, config.judge_url), "--quiet"]
+        self.arguments = [*judge_arguments(config), "--quiet"]
         self.log: Path | None = None
         self.process: subprocess.Popen | None = None
 
@@ -80,16 +97,14 @@ def judge(run_dir: Path, config: TrainConfig, notifier=None) -> JudgeEnd:
     (and judge_end to the --notify-env webhook)."""
     responses = run_dir / RESPONSES_FILE
     keys = [KEY, BASE_KEY] if config.base_responses else [KEY]
-    arguments = [str(responses), *judge_arguments(config, config.judge_url)]
+    arguments = [str(responses), *judge_arguments(config)]
     arguments += [x for key in keys for x in ("--key", key)]
-    shown = ["python", "-m", "judge", "score", *arguments]
-    shown[shown.index("--url") + 1] = redact_url(config.judge_url)
     writer = MetricsWriter(run_dir / "metrics.jsonl")
     try:
-        writer.write(JudgeStart(url=redact_url(config.judge_url), model=config.judge_model, api=config.judge_api,
+        writer.write(JudgeStart(url=redact_url(config.judge_server), model=config.judge_model, api=config.judge_api,
                                 keys=keys))
         code, reason = score(arguments)
-        end = judge_end(run_dir, code, reason, shlex.join(shown))
+        end = judge_end(run_dir, code, reason, by_hand(arguments, config))
         writer.write(end)
         if notifier is not None:
             notifier.notify(run_dir.name, end)

@@ -115,7 +115,7 @@ def main(config: TrainConfig) -> int:
     # Word on a webhook, and the judge following the judged evaluations (rank 0): from the run's
     # start to the end of judging, closed on every path.
     notifier = Notifier(os.environ[config.notify_env], warn) if config.notify_env and dist_info.is_main else None
-    follower = JudgeFollow(config) if config.judge_url and config.judge_samples and dist_info.is_main else None
+    follower = JudgeFollow(config) if config.judge_server and config.judge_samples and dist_info.is_main else None
     code, run_dir = EXIT_FAILED, None
     try:
         try:
@@ -130,7 +130,7 @@ def main(config: TrainConfig) -> int:
             # have aborted at exit with "terminate called without an active exception"). After a
             # failure a peer may be dead, and a barrier would wait for --dist-timeout.
             distributed.shutdown(barrier=code in (0, EXIT_USAGE, signals.EXIT_INTERRUPTED))
-        if code == 0 and run_dir is not None and config.judge_url and dist_info.is_main:
+        if code == 0 and run_dir is not None and config.judge_server and dist_info.is_main:
             judge(run_dir, config, notifier)  # the other ranks have finished; a judge that fails never fails the run
     finally:
         if follower is not None:
@@ -222,7 +222,7 @@ def plan_run(config: TrainConfig, dist_info) -> RunPlan:
                          f"{model.config.context_length} tokens")
     with offline_hint():
         data = prepare_data(config, dist_info)
-    if config.judge_url and not config.dry_run:
+    if config.judge_server and not config.dry_run:
         Coordinator(dist_info, signals.StopSignals(), namespace="plan").run_alone(None, check_judge, config)
     return RunPlan(layout, precision, ds_config, overridden, data, model, model_name(model.config), weights_info)
 

@@ -68,6 +68,7 @@ class TrainConfig:
 
     # Judging and word when the run ends (docs/judge.md, docs/metrics.md)
     judge_url: str | None = None  # judge the test responses there after run_end
+    judge_url_env: str | None = None  # or: the environment variable holding that URL (one with credentials)
     judge_model: str = "llama3"  # the chapter's judge
     judge_api: str = "ollama"  # or "openai"
     judge_key_env: str | None = None  # environment variable with the judge server's API key
@@ -84,11 +85,15 @@ class TrainConfig:
     dry_run: bool = False
     world_size: int | None = None  # a dry run plans for this many ranks (default: the launcher's)
 
+    @property
+    def judge_server(self) -> str | None:
+        """The judge server's URL: --judge-url, or the value of the variable --judge-url-env names."""
+        return os.environ.get(self.judge_url_env) if self.judge_url_env else self.judge_url
+
     def to_dict(self) -> dict:
-        """As config.json records it: credentials in the judge's URL redacted."""
+        """As config.json records it (no credentials: a judge URL with them comes through --judge-url-env)."""
         d = asdict(self)
         d["split"] = list(self.split)
-        d["judge_url"] = redact_url(self.judge_url) if self.judge_url else None
         return d
 
 
@@ -123,8 +128,16 @@ def validate(config: TrainConfig) -> None:
         (config.judge_api in ("ollama", "openai"), "--judge-api must be ollama or openai"),
         (config.judge_samples >= 0, "--judge-samples must not be negative"),
         (config.judge_every is None or config.judge_every >= 1, "--judge-every must be at least 1"),
+        (not (config.judge_url and config.judge_url_env), "--judge-url and --judge-url-env both name the judge: give one"),
         (config.judge_url is None or config.judge_url.startswith(("http://", "https://")),
          "--judge-url must be an http:// or https:// URL"),
+        (config.judge_url is None or redact_url(config.judge_url) == config.judge_url,
+         "--judge-url: DeepSpeed's launcher prints its command line, credentials included; put the URL in an "
+         "environment variable and pass its name with --judge-url-env NAME"),
+        (not config.judge_url_env or bool(os.environ.get(config.judge_url_env)),
+         f"--judge-url-env: the environment variable {config.judge_url_env} is not set"),
+        (not config.judge_url_env or os.environ.get(config.judge_url_env, "http").startswith(("http://", "https://")),
+         f"--judge-url-env: the environment variable {config.judge_url_env} must hold an http:// or https:// URL"),
         (not config.judge_key_env or bool(os.environ.get(config.judge_key_env)),
          f"--judge-key-env: the environment variable {config.judge_key_env} is not set"),
         (not config.notify_env or bool(os.environ.get(config.notify_env)),

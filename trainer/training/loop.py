@@ -270,6 +270,13 @@ class TrainingLoop:
         # As the chapter: after the first step, then every eval_every steps.
         return self.config.eval_every > 0 and (step - 1) % self.config.eval_every == 0
 
+    def evaluation_steps(self) -> list[int]:
+        """Every step the run evaluates at: the chapter's, each epoch's end and the last step (the
+        final evaluation)."""
+        steps = range(1, self.total_steps + 1)
+        epoch_ends = steps[self.steps_per_epoch - 1::self.steps_per_epoch] if self.steps_per_epoch else []
+        return sorted({s for s in steps if self.should_eval(s)} | set(epoch_ends) | set(steps[-1:]))
+
     def run(self, on_step_end=None, on_epoch_end=None) -> None:
         """Train until total_steps or the last epoch. Hooks: on_step_end(result), on_epoch_end()."""
         config, progress = self.config, self.progress
