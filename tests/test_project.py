@@ -73,3 +73,30 @@ def test_the_architecture_page_names_files_that_exist():
     named = set(re.findall(r"`((?:trainer|tui|judge|instruct|launch|testkit|tests|bench)/[\w/]*\.py)`", page))
     assert len(named) > 20
     assert sorted(path for path in named if not (REPO / path).is_file()) == []
+
+
+# What stands for a value in docs/errors.md's example messages: elisions, paths and file names,
+# placeholders, numbers, quoted keys, dotted names, parenthesised details, DeepSpeed's own words.
+EXAMPLE_VALUES = re.compile(r"\.\.\.|\S*/\S*|\S*\.(?:jsonl?|bpe|pth)\b|\b(?:DIR|FILE|PATH|OUT|CACHE|KEY|URL|NAME|RUN_DIR)\b"
+                            r"|GPT-2|gpt2-[\w-]+|\d+|node1|Input should be .*|(?<!\w)'[^']*'|\w+\.\w+|\([^)]*\)")
+
+
+def test_the_errors_page_quotes_messages_the_code_has():
+    """Each message docs/errors.md quotes: every stretch of fixed words begins as a string of the
+    code does (the values between them are the example's), and README links the page."""
+    strings = "\n".join(node.value for folder in ("trainer", "launch", "tui", "judge", "instruct")
+                        for path in (REPO / folder).rglob("*.py") for node in ast.walk(ast.parse(path.read_text()))
+                        if isinstance(node, ast.Constant) and isinstance(node.value, str))
+    quoted, unknown = 0, []
+    for row in (REPO / "docs" / "errors.md").read_text().splitlines():
+        cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
+        if not row.startswith("|") or len(cells) < 3 or set(cells[0]) <= set("-") or cells[1] == "the line says":
+            continue
+        for message in re.findall(r"`([^`]+)`", cells[1]):
+            quoted += 1
+            for words in EXAMPLE_VALUES.split(message):
+                words = words.strip(" :,;.[]")
+                if len(words) >= 12 and words[:12] not in strings:
+                    unknown.append(f"{words!r} of {message!r}")
+    assert quoted > 40 and unknown == []
+    assert "(docs/errors.md)" in (REPO / "README.md").read_text()

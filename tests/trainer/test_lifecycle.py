@@ -15,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from tests.trainer.launcher import TINY, events, kill_group, of_type, rank_processes, start, train, wait, wait_for
+from tests.trainer.launcher import DATA, TINY, events, kill_group, of_type, rank_processes, start, train, wait, wait_for
 from trainer.reporting.metrics import read_events
 
 pytestmark = pytest.mark.slow
@@ -176,3 +176,47 @@ def test_rank_0_exporting_alone_does_not_trip_the_collective_timeout(tmp_path, n
     assert code == 0, log[-3000:]
     assert events(out)[-1]["status"] == "completed"
     assert not rank_processes(out)
+
+
+def test_ctrl_c_twice_exits_at_once_and_still_ends_the_run(tmp_path, no_leftovers, monkeypatch):
+    """Ctrl-C, then Ctrl-C again while the ranks cannot agree yet (rank 0 in a slow step): rank 0
+    exits at once, and its run_start still gets exactly one run_end, `interrupted`."""
+    out = tmp_path / "run"
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_STALL", "0:2:120")  # rank 0 sleeps before step 2
+    proc = start([*TINY, "--max-steps", "4", "--eval-every", "0", "--max-new-tokens", "2", "--out", str(out)])
+    try:
+        wait_for(lambda: of_type(written(out), "train"), 240, "step 1")
+        time.sleep(1)
+        kill_group(proc, signal.SIGINT)
+        time.sleep(1.5)  # past the window in which a repeated signal is a duplicate
+        kill_group(proc, signal.SIGINT)
+        wait_for(lambda: written(out)[-1]["type"] == "run_end", 10, "run_end")
+    finally:
+        kill_group(proc, signal.SIGKILL)
+    proc.communicate()
+    end = events(out)[-1]
+    assert end["status"] == "interrupted" and end["final_val_loss"] is None, end
+    assert end["error"].startswith("stopped by SIGINT twice at step 1: "), end["error"]
+    assert [e["type"] for e in events(out)].count("run_end") == 1
+
+
+def test_a_failure_before_the_engine_exists_still_ends_the_run(tmp_path, no_leftovers, monkeypatch):
+    """The data file replaced while rank 0 builds its token cache (before any engine): the build
+    fails, and the attempt's run_start gets exactly one run_end, `failed`, the error in one line."""
+    monkeypatch.setenv("GPT2_INSTRUCT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("GPT2_INSTRUCT_TEST_HOLD", "0:tokenize:5")
+    data = tmp_path / "data.json"
+    shutil.copy(DATA, data)
+    out = tmp_path / "run"
+    args = [a if a != str(DATA) else str(data) for a in RUN]
+    proc = start([*args, "--out", str(out)])
+    wait_for(lambda: heartbeat(out, 0).get("phase") == "tokenize", 240, "rank 0 building the cache")
+    changed = tmp_path / "changed.json"
+    changed.write_bytes(DATA.read_bytes().replace(b"friend", b"fiend", 1))
+    changed.replace(data)  # a new file under the old name, as an editor or a download would
+    code, log = wait(proc, timeout=120)
+    assert code != 0
+    assert [e["type"] for e in events(out)] == ["run_start", "run_end"]
+    end = events(out)[-1]
+    assert end["status"] == "failed" and end["final_val_loss"] is None and "\n" not in end["error"]
+    assert "data.json: changed while it was being tokenized; start again" in end["error"], end["error"]

@@ -19,6 +19,8 @@ import time
 import traceback
 from pathlib import Path
 
+import orjson
+
 from trainer.lifecycle import signals
 from trainer.lifecycle.coordination import Coordinator
 from trainer.reporting.events import Alert, RunEnd, RunStart
@@ -44,7 +46,7 @@ class RunLifecycle:
         # Rank 0's heartbeats also refresh the run's lock (trainer/lifecycle/rundir.py).
         self.heartbeat = Heartbeat(run_dir, dist_info.rank, dist_info.local_rank, config.heartbeat_every,
                                    on_beat=lock.refresh if lock is not None else None)
-        self.stop = signals.StopSignals()
+        self.stop = signals.StopSignals(on_forced_exit=self._forced_stop)
         self.coordinator = Coordinator(dist_info, self.stop, self.heartbeat)
         self.peers = signals.PeerWatch(run_dir / "ranks", dist_info.world_size)
         self.log = RunLog(None, throughput)
@@ -114,6 +116,26 @@ class RunLifecycle:
                 elapsed_s=time.time() - self.log.started,
                 final_val_loss=self.final_val_loss if status == "completed" else None,
             ))
+
+    def _forced_stop(self) -> None:
+        """Asked to stop twice (in the signal handler; the process exits next): run_end `interrupted`
+        now, appended through a file of its own since the handler may have interrupted the
+        writer's. Given up when the main thread is writing run_end already (it holds the lock)."""
+        if not self._end_lock.acquire(timeout=0.5):
+            return
+        try:
+            if self._ended or self._writer is None:
+                return
+            self._ended = True
+            error = (f"stopped by {self.stop.name} twice at step {self.progress.step}: no checkpoint of this step; "
+                     "resume with --resume from the last one")
+            end = RunEnd(status="interrupted", error=error, step=self.progress.step,
+                         tokens_total=self.progress.tokens_total, elapsed_s=time.time() - self.log.started,
+                         final_val_loss=None)
+            with open(self._writer.path, "ab") as f:
+                f.write(orjson.dumps(end.record()) + b"\n")
+        finally:
+            self._end_lock.release()
 
     # ---- failures ----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ checkpoint, rank 0 writes `run_end` with status `interrupted`, and every rank ex
 Duplicates are normal: Ctrl-C or scancel signal every process, and the launcher then sends each
 rank a SIGTERM of its own. So a repeated signal forces an immediate exit only when it is the
 same signal as the first and arrives more than DUPLICATE_WINDOW_S later (a user pressing Ctrl-C
-again).
+again); `on_forced_exit` runs first (rank 0 writes `run_end` there).
 
 A rank blocked in a collective whose peer died does not run Python signal handlers until the
 collective returns. The launcher SIGTERMs the survivors as soon as one rank dies and SIGKILLs them
@@ -35,7 +35,8 @@ EXIT_INTERRUPTED = 130
 
 
 class StopSignals:
-    def __init__(self):
+    def __init__(self, on_forced_exit=None):
+        self.on_forced_exit = on_forced_exit  # called in the handler before a forced exit
         self.requested: int | None = None
         self._first_at = 0.0
         self._previous = {}
@@ -56,6 +57,8 @@ class StopSignals:
             self.requested = signum
             self._first_at = now
         elif signum == self.requested and now - self._first_at > DUPLICATE_WINDOW_S:
+            if self.on_forced_exit is not None:
+                self.on_forced_exit()
             os._exit(128 + signum)  # asked twice: no checkpoint, no cleanup
 
     @property
