@@ -1,6 +1,7 @@
-"""A real HTTP file server on 127.0.0.1 for the download and weights tests.
+"""Real HTTP servers on 127.0.0.1: a file server for the download and weights tests, and a
+webhook that keeps what a run posts (--notify-env).
 
-It serves bytes by path with Range support (206, Content-Range, 416), and can stand in for the
+The file server serves bytes by path with Range support (206, Content-Range, 416), and can stand in for the
 Hugging Face hub: a `resolve` path answers with a redirect carrying `X-Linked-Etag`, as the hub
 does. It can also be made slow or made to drop the connection part-way through a body.
 """
@@ -13,6 +14,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import orjson
 import pytest
 
 from tests.trainer.launcher import rank_processes
@@ -118,3 +120,42 @@ def no_leftovers(tmp_path):
     for p in leftovers:
         p.kill()
     assert not leftovers, f"processes left behind: {[p.pid for p in leftovers]}"
+
+
+class Webhook(ThreadingHTTPServer):
+    """A webhook on 127.0.0.1 that keeps the JSON bodies posted to it."""
+
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Receiver)
+        self.messages: list[dict] = []
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/hook"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.messages.append(orjson.loads(body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+@pytest.fixture
+def webhook():
+    server = Webhook()
+    yield server
+    server.close()

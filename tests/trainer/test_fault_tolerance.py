@@ -108,10 +108,13 @@ def test_sigterm_stops_at_a_step_with_a_checkpoint_and_resume_is_exact(reference
     assert difference <= 1e-6
 
 
-def test_a_dead_rank_fails_the_run_and_names_it(tmp_path, no_leftovers):
+def test_a_dead_rank_fails_the_run_and_names_it(tmp_path, no_leftovers, monkeypatch, webhook):
+    """A rank killed mid-run: the survivors fail the run within --dist-timeout, naming it in a
+    `rank_lost` alert, in run_end and on the --notify-env webhook."""
+    monkeypatch.setenv("RUN_WEBHOOK", webhook.url)
     out = tmp_path / "run"
     proc = start([*TINY, "--max-new-tokens", "4", "--eval-every", "0", "--max-steps", "500",
-                  "--dist-timeout", "30", "--out", str(out)])
+                  "--dist-timeout", "30", "--notify-env", "RUN_WEBHOOK", "--out", str(out)])
     wait_for(lambda: step_logged(out, 2), 240, "step 2")
     [rank1] = [p for p in rank_processes(out) if "--local_rank=1" in p.cmdline()]
     # DeepSpeed did make its shared-memory buffers, and their names are already gone.
@@ -126,6 +129,11 @@ def test_a_dead_rank_fails_the_run_and_names_it(tmp_path, no_leftovers):
     end = events(out)[-1]
     assert end["type"] == "run_end" and end["status"] == "failed"
     assert end["error"].startswith("lost rank 1"), end["error"]
+    [alert] = [e for e in of_type(events(out), "alert") if e["kind"] == "rank_lost"]
+    assert (alert["rank"], alert["message"]) == (1, "lost rank 1")
+    texts = [m["text"] for m in webhook.messages]
+    assert any(f"rank_lost at step {alert['step']}: lost rank 1" in t for t in texts), texts
+    assert any(t.startswith(f"{out.name}: run failed at step ") and "lost rank 1" in t for t in texts), texts
     # The killed rank could not clean up; its 66 MB all-reduce buffer must not stay in /dev/shm.
     assert not shared_memory_buffers(proc.master_port)
 

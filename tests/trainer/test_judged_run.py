@@ -7,8 +7,6 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import orjson
 import pytest
@@ -20,45 +18,6 @@ from trainer.reporting.metrics import read_events
 pytestmark = pytest.mark.slow
 
 RUN = [*TINY, "--max-steps", "3", "--eval-every", "0", "--max-new-tokens", "4"]
-
-
-class Webhook(ThreadingHTTPServer):
-    """A webhook on 127.0.0.1 that keeps the JSON bodies posted to it."""
-
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Receiver)
-        self.messages: list[dict] = []
-        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}/hook"
-
-    def close(self) -> None:
-        self.shutdown()
-        self.server_close()
-
-
-class _Receiver(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        self.server.messages.append(orjson.loads(body))
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
-@pytest.fixture
-def webhook():
-    server = Webhook()
-    yield server
-    server.close()
 
 
 def test_base_against_tuned_in_one_command(tmp_path, webhook, monkeypatch, no_leftovers):

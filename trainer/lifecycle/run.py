@@ -140,10 +140,13 @@ class RunLifecycle:
     # ---- failures ----------------------------------------------------------------------------
 
     def _describe_failure(self, exc: BaseException) -> str:
-        error = " ".join(f"{type(exc).__name__}: {exc}".split())  # one line
+        """The error in one line, naming the lost ranks (alerted too) when some peer is gone."""
+        error = " ".join(f"{type(exc).__name__}: {exc}".split())
         lost = self.peers.lost() if self.dist.world_size > 1 else []
         if lost:
-            error = f"lost rank {', '.join(map(str, lost))}: {error}"
+            names = ", ".join(map(str, lost))
+            self.log.event(Alert(step=self.progress.step, kind="rank_lost", message=f"lost rank {names}", rank=lost[0]))
+            error = f"lost rank {names}: {error}"
         return error
 
     def _lost(self, ranks: list[int]) -> None:
