@@ -109,7 +109,8 @@ class DashboardScreen(FollowingScreen):
 [b]?[/b]      this help (any key closes it)
 
 Status: [b]waiting[/b] (no run_start yet), [b]running[/b], [b]stalled[/b] (metrics.jsonl \
-silent, or without a run_start, for longer than --stall-after), or the run's end: \
+silent, or without a run_start, for longer than --stall-after; before metrics.jsonl exists, \
+config.json and the heartbeats silent that long), or the run's end: \
 [b]completed[/b], [b]interrupted[/b], [b]failed[/b].
 A rank's row turns red when the rank is silent, stuck in a non-collective phase while \
 others wait, or far behind the others (a straggler). "heard" uses this machine's clock.

@@ -154,7 +154,7 @@ class RunPoll:
     """What one poll of a run directory found."""
 
     metrics: Chunk
-    metrics_growth: float | None  # when metrics.jsonl last grew (see JsonlFollower)
+    last_news: float  # when the run last gave news (RunFollower.last_news)
     ranks: dict[int, Chunk]  # global rank -> what its heartbeat file gained
     heard: dict[int, float | None]  # global rank -> when its heartbeat file last grew
     metrics_skipped: Skipped
@@ -177,16 +177,19 @@ class RunFollower:
         self.clock = clock
         self.metrics = JsonlFollower(self.run_dir / "metrics.jsonl", clock)
         self.ranks: dict[int, JsonlFollower] = {}
+        self.first_look: float | None = None  # our clock at the first poll
         # name -> ((mtime_ns, size), what was read): a summary is re-read only when it changed.
         self.summaries: dict[str, tuple[tuple[int, int], dict | str]] = {}
 
     def poll(self) -> RunPoll:
+        if self.first_look is None:
+            self.first_look = self.clock()
         metrics = self.metrics.poll()
         self._discover_ranks()
         ranks = {rank: follower.poll() for rank, follower in self.ranks.items()}
         return RunPoll(
             metrics=metrics,
-            metrics_growth=self.metrics.last_growth,
+            last_news=self.last_news(),
             ranks=ranks,
             heard={rank: follower.last_growth for rank, follower in self.ranks.items()},
             metrics_skipped=self.metrics.skipped,
@@ -194,6 +197,20 @@ class RunFollower:
             judge=self._poll_judge(),
             more=metrics.more or any(chunk.more for chunk in ranks.values()),
         )
+
+    def last_news(self) -> float:
+        """When the run last gave news, for `stalled` (docs/metrics.md, "Staleness"): when
+        metrics.jsonl last grew; before there is one (the trainer creates it with `run_start`),
+        the newest date of config.json and the heartbeat files, which the planning writes; in a
+        directory holding none of them, our first look at it."""
+        if self.metrics.last_growth is not None:
+            return self.metrics.last_growth
+        dates = [follower.last_growth for follower in self.ranks.values() if follower.last_growth is not None]
+        try:
+            dates.append((self.run_dir / "config.json").stat().st_mtime)
+        except OSError:  # not written yet
+            pass
+        return max(dates, default=self.first_look)
 
     def _discover_ranks(self) -> None:
         try:

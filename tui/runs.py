@@ -126,7 +126,7 @@ def summarize_run(run_dir: Path, now: float, thresholds: Thresholds) -> RunSumma
     state = RunState(thresholds)
     state.apply_events(events, now)
     # Here the file's mtime stands for "when it last grew": a listing has no earlier look.
-    state.metrics_growth = mtime
+    state.last_news = mtime
     # Of the judge summaries, only the test responses' (small) one.
     name = text_field(state.judge_end or {}, "summary", FINAL_SUMMARY)
     if (run_dir / name).is_file():

@@ -91,7 +91,7 @@ class RunState:
         self.heartbeats: dict[int, Heartbeat] = {}
         self.rank_skipped: dict[int, Skipped] = {}
         self.metrics_skipped = Skipped()
-        self.metrics_growth: float | None = None  # when metrics.jsonl last grew (JsonlFollower)
+        self.last_news: float | None = None  # when the run last gave news (RunFollower.last_news)
         # Judge summaries by path relative to the run directory -> summary, or why unreadable.
         self.judge: dict[str, dict | str] = {}
         self.stragglers: dict[int, str] = {}
@@ -129,7 +129,7 @@ class RunState:
         if poll.metrics.events:
             self.apply_events(poll.metrics.events, now)
             changed = True
-        self.metrics_growth = poll.metrics_growth
+        self.last_news = poll.last_news
         for rank, chunk in poll.ranks.items():
             if chunk.reset:
                 self.heartbeats.pop(rank, None)
@@ -286,13 +286,13 @@ class RunState:
     # --- reading -----------------------------------------------------------------------------
 
     def status(self, now: float) -> str:
-        """`run_end`'s status when there is one, else `running`, or `stalled` when
-        metrics.jsonl has not grown for `stall_after_s` (heartbeats keep coming from a hung
-        run, so they do not count); `waiting` before the first `run_start`, until metrics.jsonl
-        has held none for `stall_after_s` (docs/metrics.md, "Staleness")."""
+        """`run_end`'s status when there is one, else `running`, or `stalled` when the run has
+        given no news for `stall_after_s` (`last_news`: once there is a metrics.jsonl, only its
+        growth, since heartbeats keep coming from a hung run); `waiting` before the first
+        `run_start`, until that long without news (docs/metrics.md, "Staleness")."""
         if self.run_end is not None:
             return text_field(self.run_end, "status", "failed")
-        if self.metrics_growth is not None and now - self.metrics_growth > self.thresholds.stall_after_s:
+        if self.last_news is not None and now - self.last_news > self.thresholds.stall_after_s:
             return "stalled"
         return "running" if self.run_start is not None else "waiting"
 

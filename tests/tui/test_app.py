@@ -335,6 +335,43 @@ async def test_a_run_without_run_start_turns_stalled(tmp_path):
         assert "WAITING" not in seen, seen
 
 
+async def test_a_run_dead_before_its_metrics_file_is_stalled_from_the_first_frame(tmp_path):
+    writer = RunWriter(tmp_path / "20261125-150000-tiny")
+    writer.config()
+    writer.heartbeat(0, 0, "tokenize")  # killed while planning: no metrics.jsonl, no run_start
+    three_hours_ago = 5000.0 - 3 * 3600
+    for path in (writer.run_dir / "config.json", writer.rank_file(0)):
+        os.utime(path, (three_hours_ago, three_hours_ago))
+    clock = Clock(5000.0)
+    app = make_app(writer.run_dir, clock, stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        seen = []
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "STALLED")
+        assert "WAITING" not in seen, seen
+        writer.heartbeat(0, 0, "tokenize")  # before metrics.jsonl, a heartbeat is news
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "WAITING")
+        clock.now = 5121.0
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "STALLED")
+        assert list(filter(None, seen)) == ["STALLED", "WAITING", "STALLED"], seen
+
+
+async def test_an_empty_run_directory_waits_stall_after_from_the_first_look(tmp_path):
+    run_dir = tmp_path / "20261125-150000-tiny"
+    run_dir.mkdir()
+    os.utime(run_dir, (5000.0 - 3 * 3600, 5000.0 - 3 * 3600))  # a directory's own date is no news
+    clock = Clock(5000.0)
+    app = make_app(run_dir, clock, stall_after_s=120)
+    async with app.run_test(size=(80, 24)) as pilot:
+        seen = []
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "WAITING")
+        clock.now = 5119.0
+        await settle(pilot)
+        assert statuses_seen(app, seen) == "WAITING"
+        clock.now = 5121.0
+        await wait_for(pilot, lambda: statuses_seen(app, seen) == "STALLED")
+        assert list(filter(None, seen)) == ["WAITING", "STALLED"], seen
+
+
 async def test_lines_of_an_unknown_version_are_counted_apart_in_the_bottom_bar(writer):
     async with following_mid_run(writer) as (app, pilot):
         newer = [{"v": 2, "type": "train", "time": writer.time + 1, "step": 121, "loss": 0.1, "total": 999},

@@ -52,6 +52,31 @@ def test_once_says_stalled_and_names_silent_ranks(writer):
     assert len(rows) == 2 and rows[0].endswith("silent 10:00")
 
 
+def test_once_says_stalled_for_a_run_dead_before_its_metrics_file(tmp_path):
+    writer = RunWriter(tmp_path / "20261125-150000-tiny")
+    writer.config()
+    writer.heartbeat(0, 0, "tokenize")  # killed while planning: no metrics.jsonl, no run_start
+    three_hours_ago = time.time() - 3 * 3600
+    for path in (writer.run_dir / "config.json", writer.rank_file(0)):
+        os.utime(path, (three_hours_ago, three_hours_ago))
+    result = once(writer.run_dir)
+    assert result.returncode == 0, result.stderr
+    assert "status    stalled" in result.stdout.splitlines()
+    # Dated by the newest of its files: a heartbeat a minute old keeps it waiting.
+    os.utime(writer.rank_file(0), (time.time() - 60, time.time() - 60))
+    text = run_summary(read_run(writer.run_dir, Thresholds(), time.time()), writer.run_dir.name, time.time())
+    assert text.splitlines()[1] == "status    waiting"
+
+
+def test_once_says_waiting_for_an_empty_run_directory_however_old(tmp_path):
+    empty = tmp_path / "20261125-150000-tiny"
+    empty.mkdir()
+    os.utime(empty, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+    result = once(empty)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1] == "status    waiting"
+
+
 def test_once_uses_the_same_status_words_as_the_app(writer):
     writer.start()
     writer.steps(1, 10)
