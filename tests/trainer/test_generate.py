@@ -334,8 +334,8 @@ def test_cli_resumes_from_the_journal(tiny_pth, cli_model, tokenizer_dir, instru
 
 
 @pytest.mark.parametrize("change, named", [
-    (["--max-new-tokens", 7], "settings"),  # other settings
-    (["--seed", 5], "settings"),
+    (["--max-new-tokens", 7], "max_new_tokens (6, now 7)"),  # other settings, each named with its values
+    (["--seed", 5], "seed (123, now 5)"),
     ("weights", "weights"),  # other weights under the same name
     ("input", "input"),  # the input file edited
 ])

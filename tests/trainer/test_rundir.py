@@ -10,6 +10,7 @@ import time
 import orjson
 import pytest
 
+from testkit.paths import REPO
 from trainer.lifecycle import rundir
 from trainer.lifecycle.resume import newest_unfinished
 from trainer.lifecycle.rundir import LOCK_STALE_S, RunLock, create_run_dir
@@ -70,6 +71,41 @@ def test_stale_locks_are_taken_over_with_a_message(tmp_path):
     assert said[-1].endswith(f"(not refreshed for more than {LOCK_STALE_S:.0f} s)")
     lock.release()  # no longer this process's lock: left to its new holder
     assert (tmp_path / "run.lock").exists()
+
+
+TAKER = """
+import sys, time
+from pathlib import Path
+from trainer.lifecycle.rundir import RunLock
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+try:
+    RunLock.take(Path(sys.argv[1]), say=lambda text: None)
+    print("took", flush=True)
+except ValueError as e:
+    print("refused", e, flush=True)
+time.sleep(1)  # holding it while the others try
+"""
+
+
+@pytest.mark.parametrize("before", ["none", "stale", "unreadable"])
+def test_of_launchers_taking_the_lock_at_once_one_wins(tmp_path, before):
+    """Four processes take run.lock at the same instant, with no lock there, a stale one or an
+    unreadable one: exactly one holds the run, the others are refused naming it."""
+    if before == "stale":
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        (tmp_path / "run.lock").write_bytes(orjson.dumps(
+            {"host": os.uname().nodename, "pid": gone.pid, "started": 1.0, "refreshed": time.time()}))
+    elif before == "unreadable":
+        (tmp_path / "run.lock").write_bytes(b"{half a lo")
+    at = time.time() + 2  # after every interpreter has started
+    takers = [subprocess.Popen([sys.executable, "-c", TAKER, str(tmp_path), str(at)], stdout=subprocess.PIPE,
+                               text=True, cwd=REPO) for _ in range(4)]
+    said = [taker.communicate(timeout=30)[0].strip() for taker in takers]
+    assert sorted(line.split()[0] for line in said) == ["refused", "refused", "refused", "took"], said
+    winner = takers[[line.split()[0] for line in said].index("took")].pid
+    assert all(f"is being run by pid {winner} on " in line for line in said if line.startswith("refused")), said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]  # nothing left aside
 
 
 def test_resume_without_out_skips_a_run_that_is_running(tmp_path):

@@ -27,6 +27,22 @@ class JournalMismatch(ValueError):
     """The journal answers something else; the message names what changed."""
 
 
+def differences(then: dict, now: dict) -> list[str]:
+    """What differs between two identities, by name: a setting with both of its values (`seed
+    (123, now 5)`), a digest by its name alone (`weights`)."""
+    changed = []
+    for key in sorted(then.keys() | now.keys()):
+        old, new = then.get(key), now.get(key)
+        if old == new:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changed += [f"{name} ({orjson.dumps(old.get(name)).decode()}, now {orjson.dumps(new.get(name)).decode()})"
+                        for name in sorted(old.keys() | new.keys()) if old.get(name) != new.get(name)]
+        else:
+            changed.append(key)
+    return changed
+
+
 class ResponseJournal:
     def __init__(self, path: str | Path, identity: dict):
         self.path = Path(path)
@@ -62,7 +78,7 @@ class ResponseJournal:
             found = None
         if not isinstance(found, dict):
             raise JournalMismatch(f"{self.path}: written by another version of this tool (no identity line)")
-        changed = sorted(key for key in self.identity.keys() | found.keys() if self.identity.get(key) != found.get(key))
+        changed = differences(found, self.identity)
         if changed:
             raise JournalMismatch(f"{self.path}: the journal's {', '.join(changed)} differ from this run's")
 

@@ -73,29 +73,58 @@ class RunLock:
 
     @classmethod
     def take(cls, run_dir: Path, say=print) -> "RunLock":
-        """Hold the run, or raise ValueError naming who runs it; a stale lock is taken over."""
+        """Hold the run, or raise ValueError naming who runs it; a stale lock is taken over. Two
+        launchers taking it at once: one wins (the lock file is created exclusively)."""
         lock = cls(run_dir)
-        holder = lock.holder()
-        if holder is not None:
-            why = lock.stale(holder)
+        for _ in range(3):
+            if lock._create():
+                return lock
+            holder = lock.holder()
+            if holder is None and not lock.path.exists():
+                continue  # released right now: create it again
+            why = lock.stale(holder or {})
             if why is None:
                 raise ValueError(
                     f"{run_dir}: is being run by pid {holder.get('pid')} on {holder.get('host')} (since "
                     f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder.get('started', 0)))}); if it is "
                     f"not, its lock goes stale {LOCK_STALE_S:.0f} s after its last refresh, or delete {lock.path}")
             say(f"taking over the stale lock of {lock.path} ({why})")
-        lock.refresh()
-        return lock
+            lock._remove_stale(holder or {})
+        raise ValueError(f"{run_dir}: another launcher is taking over this run right now")
+
+    def _create(self) -> bool:
+        """Create run.lock unless it exists (a hard link of a complete file: atomic, NFS included)."""
+        made = self.path.with_name(f".{LOCK}.{self.record['host']}.{self.record['pid']}.tmp")
+        made.write_bytes(orjson.dumps({**self.record, "refreshed": time.time()}))
+        try:
+            os.link(made, self.path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            made.unlink()
+
+    def _remove_stale(self, holder: dict) -> None:
+        """Move the stale lock aside and delete it; a lock another taker made meanwhile is put back."""
+        aside = self.path.with_name(f".{LOCK}.stale.{self.record['host']}.{self.record['pid']}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return  # another taker moved it first
+        if (read_holder(aside) or {}) != holder:
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        aside.unlink()
 
     def holder(self) -> dict | None:
-        try:
-            holder = orjson.loads(self.path.read_bytes())
-        except (OSError, orjson.JSONDecodeError):
-            return None
-        return holder if isinstance(holder, dict) else None
+        return read_holder(self.path)
 
     def stale(self, holder: dict) -> str | None:
         """Why the holder's lock is stale, or None while it holds."""
+        if not holder:
+            return "it is unreadable"
         if holder.get("host") == self.record["host"] and isinstance(holder.get("pid"), int):
             try:
                 if psutil.Process(holder["pid"]).status() != psutil.STATUS_ZOMBIE:
@@ -116,6 +145,15 @@ class RunLock:
         holder = self.holder() or {}
         if all(holder.get(key) == value for key, value in self.record.items()):
             self.path.unlink(missing_ok=True)
+
+
+def read_holder(path: Path) -> dict | None:
+    """A lock file's record; None when it is missing or unreadable."""
+    try:
+        holder = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return holder if isinstance(holder, dict) else None
 
 
 def held_by_another(run_dir: Path) -> bool:
