@@ -25,7 +25,8 @@ from safetensors.torch import save_file
 
 from tests.trainer.launcher import TINY, train
 from testkit.paths import INSTRUCTION_DATA, REPO, TOKENIZER_DIR
-from trainer.gpt2.model import GPT, preset
+from trainer.gpt2.fetch import sha256_file
+from trainer.gpt2.model import GPT, preset, shape
 
 # Bytes that are no instruction file, no config and no checkpoint, each in its own way.
 MALFORMED = {
@@ -53,6 +54,19 @@ BAD_DS = {
     "stage-9": {"zero_optimization": {"stage": 9}},
     "bucket-text": {"zero_optimization": {"stage": 2, "reduce_bucket_size": "big"}},
     "top-level-list": [{"zero_optimization": {"stage": 2}}],
+    "steps-text": {"steps_per_print": "x"},
+    "clip-text": {"gradient_clipping": "high"},
+    "micro-batch-fraction": {"train_micro_batch_size_per_gpu": 2.5},
+    "breakdown-number": {"wall_clock_breakdown": 1},
+}
+# A run directory with a checkpoint, damaged in one file (None: the file deleted), for --resume (and
+# the export, which reads the pointer only): {case: (the file, relative to the run directory, its bytes)}.
+PROGRESS = "checkpoints/global_step2/progress.json"
+DAMAGED_RUN = {
+    "pointer-not-utf8": ("checkpoints/latest", b"\xff\xfeglobal_step2\n"),
+    "progress-garbage": (PROGRESS, b"{oops"),
+    "progress-missing": (PROGRESS, None),
+    "progress-list": (PROGRESS, b"[1]"),
 }
 DEEPSPEED_OWN = re.compile(r"^\[\d{4}-\d\d-\d\d [\d:,]+\] \[(INFO|WARNING)\]|^DeepSpeed .* built successfully$|^\s*$")
 
@@ -99,6 +113,25 @@ def bad_weights(folder: Path) -> dict[str, Path]:
     return found
 
 
+def damaged_run(run: Path, damage: str) -> Path:
+    """A run of the tiny model that --resume accepts (the chapter's data, global batch 8), with a
+    complete checkpoint at step 2, damaged as DAMAGED_RUN[damage] says."""
+    (run / "checkpoints" / "global_step2").mkdir(parents=True)
+    (run / "config.json").write_bytes(orjson.dumps({
+        "v": 1, "model": "tiny", "architecture": shape(preset("tiny")), "config": {"global_batch": 8},
+        "provenance": {"data": {"sha256": sha256_file(INSTRUCTION_DATA)}}, "ds_config": {"zero_optimization": {"stage": 2}},
+    }))
+    (run / "checkpoints" / "latest").write_text("global_step2\n")
+    (run / PROGRESS).write_bytes(orjson.dumps({"step": 2, "epoch": 1, "batch_in_epoch": 2, "tokens_total": 900,
+                                               "bad_steps_in_row": 0, "world_size": 1}))
+    name, content = DAMAGED_RUN[damage]
+    if content is None:
+        (run / name).unlink()
+    else:
+        (run / name).write_bytes(content)
+    return run
+
+
 SECRET = "hunter2"  # a password in a URL: never printed
 
 
@@ -130,6 +163,8 @@ def train_cases(folder: Path) -> dict[str, list[str]]:
     cases["judge-url-with-credentials"] = argv(judge_url=f"http://user:{SECRET}@127.0.0.1:9")
     cases["judge-url-env-unset"] = argv(judge_url_env="GPT2_INSTRUCT_NO_SUCH_VARIABLE")
     cases["judge-url-and-judge-url-env"] = argv(judge_url="http://127.0.0.1:9", judge_url_env="HOME")
+    for damage in DAMAGED_RUN:  # read while the run is placed: before its lock, run_start or any file
+        cases[f"resume-{damage}"] = [*argv(out=str(damaged_run(folder / "runs" / damage, damage))), "--resume"]
     return cases
 
 
@@ -137,14 +172,18 @@ def generate_cases(folder: Path) -> dict[str, list[str]]:
     pth = tiny_pth(folder)
     base = ["--model", "tiny", "--tokenizer-dir", str(TOKENIZER_DIR), "--max-new-tokens", "2"]
     out = ["--out", str(folder / "answers.json")]
+    # An entry's "output" is the reference answer, optional for generation; null, as for any
+    # optional field of instruct/, is the same as leaving it out, and the answers keep it as given.
     cases = {f"file-{n}": ["--weights", str(pth), *base, "--file", str(make_input(folder / "files", n)), *out]
-             for n in (*MALFORMED, *PATH_KINDS)}
+             for n in (*MALFORMED, *PATH_KINDS) if n != "null-output"}
     for name, path in bad_weights(folder / "w").items():
         cases[f"weights-{name}"] = ["--weights", str(path), *base, "Say hi."]
     good_file = folder / "entries.json"
     good_file.write_bytes(INSTRUCTION_DATA.read_bytes())
-    (folder / "answers.partial.jsonl").write_bytes(b"garbage\n")
-    cases["journal-garbage"] = ["--weights", str(pth), *base, "--file", str(good_file), *out]
+    (folder / "journal").mkdir()  # its own --out: a journal error would hide what the other cases do
+    (folder / "journal" / "answers.partial.jsonl").write_bytes(b"garbage\n")
+    cases["journal-garbage"] = ["--weights", str(pth), *base, "--file", str(good_file),
+                                "--out", str(folder / "journal" / "answers.json")]
     return cases
 
 
@@ -167,6 +206,8 @@ def export_cases(folder: Path) -> dict[str, list[str]]:
     (no_pointer / "config.json").write_bytes(b"{}")
     (no_pointer / "checkpoints" / "latest").write_bytes(random.Random(1).randbytes(64))
     cases["run-garbage-pointer"] = [str(no_pointer), "--out", str(folder / "export")]
+    cases["run-pointer-not-utf8"] = [str(damaged_run(folder / "not-utf8", "pointer-not-utf8")),
+                                     "--out", str(folder / "export")]
     return cases
 
 
@@ -209,16 +250,36 @@ def results(tmp_path_factory) -> dict[tuple[str, str], tuple[dict, set[str], set
             cases.append({"command": command, "argv": argv})
             order.append((command, name, folder))
     before = {folder: listing(folder) for _, _, folder in order}
+    named = {(command, name): must_name(command, name, case["argv"])
+             for (command, name, _), case in zip(order, cases, strict=True)}
     (root / "cases.json").write_bytes(orjson.dumps(cases))
     proc = subprocess.run([sys.executable, str(REPO / "tests" / "fuzz_driver.py"), str(root / "cases.json"),
                            str(root / "results.json")], capture_output=True, text=True, timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = orjson.loads((root / "results.json").read_bytes())
-    return {(command, name): (result, before[folder], listing(folder))
+    return {(command, name): (result, before[folder], listing(folder), named[command, name])
             for (command, name, folder), result in zip(order, found, strict=True)}
 
 
-def problems_of(command: str, name: str, result: dict, before: set[str], after: set[str]) -> list[str]:
+def must_name(command: str, name: str, argv: list[str]) -> list[str]:
+    """What a case's error line must name: the bad file (a bad DeepSpeed config's keys too)."""
+    def value(flag: str) -> str:
+        return argv[argv.index(flag) + 1]
+
+    if command == "generate" and name.startswith("file-"):
+        return [value("--file")]
+    if command == "train" and name.startswith("ds-config-"):
+        content = BAD_DS.get(name.removeprefix("ds-config-"))
+        return [value("--ds-config"), *(content if isinstance(content, dict) else ())]
+    if command == "train" and name.startswith("resume-"):
+        return [str(Path(value("--out")) / DAMAGED_RUN[name.removeprefix("resume-")][0])]
+    if command == "export" and name == "run-pointer-not-utf8":
+        return [str(Path(argv[0]) / DAMAGED_RUN["pointer-not-utf8"][0])]
+    return []
+
+
+def problems_of(command: str, name: str, result: dict, before: set[str], after: set[str],
+                named: list[str]) -> list[str]:
     own = [line for line in result["stderr"].splitlines() if not DEEPSPEED_OWN.match(line)]
     problems = []
     if "Traceback" in result["stderr"]:
@@ -234,6 +295,8 @@ def problems_of(command: str, name: str, result: dict, before: set[str], after: 
         problems.append(f"exit {result['code']}")
     elif not any(line.startswith(("error:", "python -m tui:", "usage:")) for line in own):
         problems.append(f"no one-line error: {own}")
+    elif missing := [text for text in named if not any(text in line for line in own)]:
+        problems.append(f"the error does not name {missing}: {own}")
     if after != before:
         problems.append(f"written: {sorted(after - before)[:5]}, removed: {sorted(before - after)[:5]}")
     return problems
@@ -250,10 +313,12 @@ def test_malformed_input_is_refused_in_one_line(results):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["zero-int", "expect-3"])
+@pytest.mark.parametrize("case", ["zero-int", "expect-3", "bad-flag"])
 def test_under_the_launcher_every_rank_stops_with_one_line(tmp_path, case):
     out = tmp_path / "run"
     extra = ["--expect-ranks", "3"]
+    if case == "bad-flag":  # refused before the process group exists
+        extra = ["--lr", "-1"]
     if case == "zero-int":
         (tmp_path / "ds.json").write_bytes(orjson.dumps({"zero_optimization": 2}))
         extra = ["--ds-config", str(tmp_path / "ds.json")]

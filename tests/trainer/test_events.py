@@ -90,3 +90,37 @@ def test_input_warnings_are_alerts_at_the_last_finished_step(tmp_path):
     assert [(a["type"], a["kind"], a["step"], a["rank"]) for a in alerts] == [("alert", "warning", 40, None)] * 2
     assert alerts[0]["message"] == "ds.json sets 'gradient_clipping': the run's flags win"
     assert alerts[1]["message"].startswith("3 training examples exceed --max-length 64 and are truncated (1 of them")
+
+
+@pytest.mark.parametrize("flags, user, expected", [
+    ({"zero_stage": 1, "precision": "fp32"}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}},
+     ["zero_optimization.stage", "bf16.enabled"]),
+    ({"precision": "bf16"}, {"bf16": {"enabled": False}, "fp16": {"enabled": True}}, ["bf16.enabled", "fp16.enabled"]),
+    ({"zero_stage": 3, "precision": "bf16"}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, []),
+    ({"zero_stage": 1, "precision": "fp32"}, {"zero_optimization": {"stage": "auto"}, "bf16": {"enabled": "auto"}}, []),
+    ({}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, []),  # no flag: the file's values stand
+])
+def test_zero_stage_and_precision_flags_warn_where_they_override_the_ds_config(tmp_path, flags, user, expected):
+    """--zero-stage, and a --precision other than auto, that replace a concrete value of the
+    DeepSpeed config are `warning` alerts too ("auto", or the same value, overrides nothing)."""
+    from types import SimpleNamespace
+
+    from trainer.lifecycle.pipeline import warn_about_inputs
+    from trainer.reporting.metrics import MetricsWriter, read_events
+    from trainer.reporting.runlog import RunLog, Throughput
+    from trainer.training.config import TrainConfig, batch_layout
+    from trainer.training.engine import build_ds_config
+
+    config = TrainConfig(ds_config="ds.json", **flags)
+    precision = "fp32" if config.precision == "auto" else config.precision  # resolved on this CPU
+    ds, overridden = build_ds_config(user, config, batch_layout(8, None, 1), precision)
+    assert overridden == expected
+    if "zero_stage" in flags:
+        assert ds["zero_optimization"]["stage"] == flags["zero_stage"]
+    assert (ds["bf16"]["enabled"], ds["fp16"]["enabled"]) == (precision == "bf16", precision == "fp16")
+    writer = MetricsWriter(tmp_path / "metrics.jsonl")
+    warn_about_inputs(RunLog(writer, Throughput(1, 1, 1, 1, None, precision)), config,
+                      SimpleNamespace(overridden=overridden, data=SimpleNamespace(truncated=(0, 0))), step=0)
+    writer.close()
+    assert [a["message"] for a in read_events(tmp_path / "metrics.jsonl")] == [
+        f"ds.json sets '{key}': the run's flags win" for key in expected]

@@ -30,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from instruct import atomic_write_json, atomic_write_text
+from trainer.training.loop import Progress
 
 POINTER = "latest"
 TAG = re.compile(r"^global_step(\d+)$")
@@ -83,15 +84,34 @@ def complete_tags(directory: Path) -> list[str]:
 
 
 def latest_tag(directory: Path) -> str | None:
+    """The tag `latest` names, or None when there is no pointer or its checkpoint is gone. The
+    pointer is written whole (temporary file, then rename): any other content is damage, one line."""
     pointer = Path(directory) / POINTER
     if not pointer.is_file():
         return None
-    tag = pointer.read_text().strip()
-    return tag if TAG.match(tag) and (Path(directory) / tag).is_dir() else None
+    try:
+        tag = pointer.read_bytes().decode().strip()
+    except UnicodeDecodeError:
+        tag = None
+    if tag is None or not TAG.match(tag):
+        raise ValueError(f"{pointer}: not a checkpoint pointer (it holds one line such as global_step40)")
+    return tag if (Path(directory) / tag).is_dir() else None
 
 
 def read_progress(directory: Path, tag: str) -> dict:
-    return orjson.loads((Path(directory) / tag / "progress.json").read_bytes())
+    """A checkpoint's progress.json, checked to hold every field a resume sets (one line if not)."""
+    path = Path(directory) / tag / "progress.json"
+    try:
+        progress = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ValueError(f"{path}: not found: the checkpoint `latest` names is damaged") from None
+    except (OSError, orjson.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not readable JSON ({' '.join(str(e).split())[:120]})") from None
+    fields = (*Progress.__dataclass_fields__, "world_size")
+    if not (isinstance(progress, dict)
+            and all(isinstance(progress.get(f), int) and not isinstance(progress[f], bool) for f in fields)):
+        raise ValueError(f"{path}: not a checkpoint's progress (integers {', '.join(fields)})")
+    return progress
 
 
 def to_universal(directory: Path, tag: str, zero_stage: int) -> str:

@@ -108,8 +108,10 @@ class RunPlace:
 def main(config: TrainConfig) -> int:
     try:
         validate(config)
-    except ValueError as e:  # every rank finds the same: the launcher shows each rank's line
-        print(f"error: {e}", file=sys.stderr)
+    except ValueError as e:  # every rank finds the same: said once (no process group yet, so by
+        # the rank the launcher gives each process), every rank exiting non-zero
+        if os.environ.get("RANK", "0") == "0":
+            print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     dist_info = distributed.init(config.dist_timeout)
     # Word on a webhook, and the judge following the judged evaluations (rank 0): from the run's

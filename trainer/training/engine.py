@@ -4,7 +4,8 @@ copy of its model.
 ds_config.json (repo root, or --ds-config) holds what is DeepSpeed's business: the ZeRO stage and
 its communication settings, bf16. Batch sizes, optimizer, schedule and clipping belong to the
 run's TrainConfig; a user's ds_config that sets them to other values anyway is overridden with
-one warning each.
+one warning each, as is a stage or precision that --zero-stage or --precision (other than auto)
+replaces.
 
 `plain_model` gives the engine's model as a plain GPT, for generation (samples, test responses)
 and exports. Under ZeRO 0-2 every rank holds the whole model and the engine's module is used as
@@ -42,6 +43,37 @@ DS_OBJECT_SECTIONS = (
 )
 
 
+# Top-level values DeepSpeed reads as they are, with the type its config docs give each
+# (deepspeed.ai/docs/config-json): a wrong one fails only at the first step, after the run
+# directory is written. Those the run's flags own may also be "auto".
+DS_SCALARS = {
+    "train_batch_size": "integer", "train_micro_batch_size_per_gpu": "integer", "gradient_accumulation_steps": "integer",
+    "steps_per_print": "integer", "gradient_clipping": "number", "gradient_predivide_factor": "number",
+    "prescale_gradients": "boolean", "sparse_gradients": "boolean", "wall_clock_breakdown": "boolean",
+    "memory_breakdown": "boolean", "dump_state": "boolean", "disable_allgather": "boolean",
+    "zero_allow_untested_optimizer": "boolean", "zero_force_ds_cpu_optimizer": "boolean",
+    "dataloader_drop_last": "boolean",
+}
+SCALAR_KINDS = {
+    "integer": ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    "number": ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    "boolean": ("true or false", lambda v: isinstance(v, bool)),
+}
+
+
+def wrong_scalars(user: dict) -> list[str]:
+    """What is wrong with the top-level values of DS_SCALARS in a user's DeepSpeed config."""
+    wrong = []
+    for key, kind in DS_SCALARS.items():
+        value = user.get(key)
+        if key not in user or (value == "auto" and key in DS_KEYS_OWNED_BY_CONFIG):
+            continue
+        expected, fits = SCALAR_KINDS[kind]
+        if not fits(value):
+            wrong.append(f"'{key}' must be {expected}, not {orjson.dumps(value).decode()[:40]}")
+    return wrong
+
+
 # DeepSpeed's pydantic models by the section of the config they validate, to name a rejected key.
 DS_MODEL_SECTIONS = {"DeepSpeedZeroConfig": "zero_optimization", "DeepSpeedBF16Config": "bf16",
                      "DeepSpeedFP16Config": "fp16", "DeepSpeedZeroOffloadOptimizerConfig": "zero_optimization.offload_optimizer",
@@ -67,6 +99,8 @@ def read_ds_config(path: str | Path) -> dict:
              for key in DS_OBJECT_SECTIONS if key in user and not isinstance(user[key], dict)]
     if wrong:
         raise ValueError(f"{path}: {'; '.join(wrong)} (e.g. \"bf16\": {{\"enabled\": true}})")
+    if wrong := wrong_scalars(user):
+        raise ValueError(f"{path}: {'; '.join(wrong)}")
     return user
 
 
@@ -101,6 +135,7 @@ def build_ds_config(
     }
     overridden = [key for key in DS_KEYS_OWNED_BY_CONFIG
                   if key in ds and ds[key] != "auto" and ds[key] != owned.get(key)]
+    overridden += overridden_by_flags(user, config, precision)
     for key in ("optimizer", "scheduler"):  # the client optimizer and schedule: build_engine
         ds.pop(key, None)
     ds.update(owned)
@@ -121,6 +156,24 @@ def build_ds_config(
     ds["timers"] = {"throughput": {"enabled": False}}
     ds.setdefault("zero_allow_untested_optimizer", True)  # the client optimizer is torch's AdamW
     return ds, overridden
+
+
+def overridden_by_flags(user: dict, config: TrainConfig, precision: str) -> list[str]:
+    """The keys of `user` whose concrete values --zero-stage, or a --precision other than auto,
+    replace (without --zero-stage the file's stage stands; --precision auto picks by the hardware)."""
+    given = {}
+    if config.zero_stage is not None:
+        given["zero_optimization.stage"] = config.zero_stage
+    if config.precision != "auto":
+        given["bf16.enabled"] = precision == "bf16"
+        given["fp16.enabled"] = precision == "fp16"
+    found = []
+    for key, value in given.items():
+        section, name = key.split(".")
+        concrete = user.get(section, {}).get(name, "auto")
+        if concrete != "auto" and concrete != value:
+            found.append(key)
+    return found
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):
