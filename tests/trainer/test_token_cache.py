@@ -160,7 +160,6 @@ def builder_process(between_chunks: str) -> subprocess.Popen:
         from pathlib import Path
         from testkit.paths import INSTRUCTION_DATA, TOKENIZER_DIR
         from trainer.gpt2.tokenizer import get_tokenizer
-from trainer.reporting.metrics import read_events
         from trainer.training.token_cache import look_up
         tokenizer = get_tokenizer(TOKENIZER_DIR)
         cache, count, found = look_up(INSTRUCTION_DATA, tokenizer)
