@@ -42,9 +42,11 @@ def gpt2():
 
 
 def build(path: Path, tokenizer) -> TokenCache:
-    cache, count, found = look_up(path, tokenizer)
+    """As a run builds a cache: a JSON list's entries, checked by look_up, are not parsed again."""
+    cache, count, found, checked = look_up(path, tokenizer)
     assert not found
-    cache.build(path, tokenizer, count)
+    assert checked is None if path.suffix == ".jsonl" else checked == read_entries(path)
+    cache.build(path, tokenizer, count, checked=checked)
     cache.map()
     return cache
 
@@ -89,7 +91,7 @@ def test_a_second_look_finds_the_cache_without_reading_the_entries(cache_home, g
     path.write_bytes(INSTRUCTION_DATA.read_bytes())
     folder = build(path, gpt2).folder
     # The entries are not checked again: the cache of these bytes was checked when it was built.
-    cache, count, found = look_up(path, gpt2)
+    cache, count, found, _ = look_up(path, gpt2)
     assert (cache.folder, count, found) == (folder, 1100, True)
 
 
@@ -115,7 +117,7 @@ def test_the_key_follows_the_data_and_the_tokenizer(cache_home, gpt2, tmp_path):
 
     # A tokenizer that splits numbers differently gets a cache of its own, with its own tokens.
     build(INSTRUCTION_DATA, gpt2)
-    cache, count, found = look_up(INSTRUCTION_DATA, other_pattern)
+    cache, count, found, _ = look_up(INSTRUCTION_DATA, other_pattern)
     assert not found
     cache.build(INSTRUCTION_DATA, other_pattern, count)
     assert len(leftovers(cache_home)) == 2
@@ -145,7 +147,7 @@ def test_a_damaged_cache_is_named_in_one_line(cache_home, gpt2):
 
 
 def test_the_cache_is_read_only_once_mapped(cache_home, gpt2):
-    cache, _, _ = look_up(INSTRUCTION_DATA, gpt2)
+    cache, _, _, _ = look_up(INSTRUCTION_DATA, gpt2)
     with pytest.raises(RuntimeError, match="before the tokenize phase mapped it"):
         InstructionDataset(cache, np.arange(3))[0]
 
@@ -162,7 +164,7 @@ def builder_process(between_chunks: str) -> subprocess.Popen:
         from trainer.gpt2.tokenizer import get_tokenizer
         from trainer.training.token_cache import look_up
         tokenizer = get_tokenizer(TOKENIZER_DIR)
-        cache, count, found = look_up(INSTRUCTION_DATA, tokenizer)
+        cache, count, found, _ = look_up(INSTRUCTION_DATA, tokenizer)
         cache.build(INSTRUCTION_DATA, tokenizer, count, lambda: {between_chunks})
     """)
     return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ),
@@ -175,14 +177,14 @@ def test_a_build_killed_halfway_looks_incomplete_and_is_rebuilt(cache_home, gpt2
     assert killed.returncode == -signal.SIGKILL
     [half] = leftovers(cache_home)
     assert half.endswith(f".{killed.pid}.tmp") and (cache_home / half / "tokens.bin").stat().st_size > 0
-    cache, count, found = look_up(INSTRUCTION_DATA, gpt2)
+    cache, count, found, _ = look_up(INSTRUCTION_DATA, gpt2)
     assert not found and count == 1100
     cache.build(INSTRUCTION_DATA, gpt2, count)
     assert leftovers(cache_home) == [cache.folder.name]  # the dead build's folder is gone
 
 
 def test_a_build_that_raises_leaves_nothing(cache_home, gpt2):
-    cache, count, _ = look_up(INSTRUCTION_DATA, gpt2)
+    cache, count, _, _ = look_up(INSTRUCTION_DATA, gpt2)
 
     def stop():
         raise KeyboardInterrupt
@@ -195,7 +197,7 @@ def test_a_build_that_raises_leaves_nothing(cache_home, gpt2):
 def test_two_builders_of_one_key_publish_one_cache(cache_home, gpt2):
     """The second builder finishes while the first is halfway: the first keeps the second's cache
     (the same bytes) and discards its own."""
-    cache, count, _ = look_up(INSTRUCTION_DATA, gpt2)
+    cache, count, _, _ = look_up(INSTRUCTION_DATA, gpt2)
     outcomes = []
 
     def the_other_builder_finishes_first():

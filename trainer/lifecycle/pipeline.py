@@ -77,6 +77,8 @@ class RunData:
     test_entries: Entries
     truncated: tuple[int, int] | None = None  # (examples cut by --max-length, of which the final
     # <|endoftext|> is lost): counted by the tokenize phase
+    checked: list[dict] | None = None  # local rank 0 building the cache of a JSON list: its entries,
+    # parsed and checked by `plan`, tokenized by the `tokenize` phase (then dropped)
 
 
 @dataclass
@@ -240,7 +242,14 @@ def prepare_data(config: TrainConfig, dist_info) -> RunData:
     tokenizer = get_tokenizer(config.tokenizer_dir)
     path = data_file(config.data)
     coordinator = Coordinator(dist_info, signals.StopSignals(), namespace="data")
-    cache, count, found = coordinator.run_alone(None, look_up, path, tokenizer, per_node=True)
+    kept = []  # on the rank that looks up: a JSON list's checked entries, not sent to the others
+
+    def look() -> tuple:
+        cache, count, found, checked = look_up(path, tokenizer)
+        kept.append(checked)
+        return cache, count, found
+
+    cache, count, found = coordinator.run_alone(None, look, per_node=True)
     train, test, val = split_indices(count, config.split, seed=config.seed if config.shuffle_split else None)
     if len(train) < config.global_batch:
         raise ValueError(
@@ -248,7 +257,8 @@ def prepare_data(config: TrainConfig, dist_info) -> RunData:
         )
     data = RunData(tokenizer=tokenizer, path=path, cache=cache, found=found,
                    train=InstructionDataset(cache, train), val=InstructionDataset(cache, val),
-                   val_entries=Entries(cache, val), test_entries=Entries(cache, test))
+                   val_entries=Entries(cache, val), test_entries=Entries(cache, test),
+                   checked=kept[0] if kept else None)
     if config.dry_run:
         tokenize_data(data, coordinator, config, TestFaults())
     return data
@@ -420,9 +430,10 @@ def tokenize_data(data: RunData, coordinator: Coordinator, config: TrainConfig, 
             coordinator.check_stop()
 
         entries = len(data.train) + len(data.val) + len(data.test_entries)
-        data.cache.build(data.path, data.tokenizer, entries, between_chunks)
+        data.cache.build(data.path, data.tokenizer, entries, between_chunks, data.checked)
 
     coordinator.run_alone("tokenize", build, per_node=True)
+    data.checked = None
     data.cache.map()
     data.truncated = count_truncated(data.train, config.max_length)
 

@@ -34,7 +34,7 @@ import shutil
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from itertools import islice
 from pathlib import Path
@@ -45,7 +45,7 @@ import orjson
 import psutil
 import tiktoken
 
-from instruct import EntryError, format_prompt, iter_entries, unreadable
+from instruct import EntryError, format_prompt, is_json_list, iter_entries, unreadable
 from trainer.gpt2.fetch import cache_dir, sha256_file
 from trainer.training.data import TOKEN_DTYPE, tokenize
 
@@ -124,17 +124,19 @@ class TokenCache:
         return manifest
 
     def build(self, data_path: Path, tokenizer: tiktoken.Encoding, expected_entries: int,
-              between_chunks: Callable[[], None] = lambda: None) -> dict:
+              between_chunks: Callable[[], None] = lambda: None, checked: list[dict] | None = None) -> dict:
         """Tokenize the file into a temporary folder and rename it into place; the manifest.
         `between_chunks` runs after each chunk is written (it may raise to stop the build); on any
-        exception the temporary folder is removed."""
+        exception the temporary folder is removed. `checked`: the file's entries as `look_up`
+        parsed and checked them (a JSON list, so that it is parsed once); None: stream the file."""
         self.folder.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_builds(self.folder)
         building = self.folder.with_name(f".{self.folder.name}.{socket.gethostname()}.{os.getpid()}.tmp")
         started = time.perf_counter()
         try:
             building.mkdir()
-            counts = write_files(building, data_path, tokenizer, expected_entries, between_chunks)
+            entries = iter(checked) if checked is not None else iter_entries(data_path)
+            counts = write_files(building, data_path.name, entries, tokenizer, expected_entries, between_chunks)
             if sha256_file(data_path) != self.key_inputs["data_sha256"]:
                 raise ValueError(f"{data_path}: changed while it was being tokenized; start again")
             seconds = time.perf_counter() - started
@@ -190,22 +192,25 @@ class Entries(Sequence):
         return self.cache.prompt_lengths[self.indices]
 
 
-def look_up(data_path: Path, tokenizer: tiktoken.Encoding) -> tuple[TokenCache, int, bool]:
-    """(cache, entries, found): the file's cache and its number of entries, read from the cache's
-    manifest when it is complete, else counted by checking every entry (a bad one raises
+def look_up(data_path: Path, tokenizer: tiktoken.Encoding) -> tuple[TokenCache, int, bool, list[dict] | None]:
+    """(cache, entries, found, checked): the file's cache and its number of entries, read from the
+    cache's manifest when it is complete, else counted by checking every entry (a bad one raises
     EntryError naming the file, entry and field). Checks before building, so that bad input
-    stops a run before anything is written."""
+    stops a run before anything is written. `checked`: on a miss, a JSON list's entries (it is
+    parsed whole anyway: the build takes them instead of parsing it again); JSONL is streamed
+    twice instead, so that its entries never sit in memory."""
     try:
         cache = TokenCache.of(data_path, tokenizer)
     except OSError as e:
         raise unreadable(data_path, e) from None
     manifest = cache.manifest()
     if manifest is not None:
-        return cache, manifest["entries"], True
-    count = sum(1 for _ in iter_entries(data_path))
+        return cache, manifest["entries"], True, None
+    checked = list(iter_entries(data_path)) if is_json_list(data_path) else None
+    count = len(checked) if checked is not None else sum(1 for _ in iter_entries(data_path))
     if not count:
         raise EntryError(f"{data_path}: holds no entries")
-    return cache, count, False
+    return cache, count, False, checked
 
 
 def describe(cache: TokenCache, found: bool) -> str:
@@ -218,15 +223,15 @@ def describe(cache: TokenCache, found: bool) -> str:
 # ---- the build's steps -------------------------------------------------------------------------
 
 
-def write_files(folder: Path, data_path: Path, tokenizer: tiktoken.Encoding, expected_entries: int,
-                between_chunks: Callable[[], None]) -> dict[str, int]:
-    """Stream the file's entries into the cache's files, a chunk at a time; the counts of the manifest."""
+def write_files(folder: Path, name: str, entries: Iterator[dict], tokenizer: tiktoken.Encoding,
+                expected_entries: int, between_chunks: Callable[[], None]) -> dict[str, int]:
+    """Stream the entries (of the file `name`) into the cache's files, a chunk at a time; the
+    counts of the manifest."""
     counts = {"entries": 0, "tokens": 0, "entry_bytes": 0}
-    with ExitStack() as stack, progress(f"tokenizing {data_path.name}", expected_entries) as advance:
+    with ExitStack() as stack, progress(f"tokenizing {name}", expected_entries) as advance:
         files = {name: stack.enter_context(open(folder / name, "wb")) for name in FILES}
         files["offsets.bin"].write(np.zeros(1, OFFSET_DTYPE).tobytes())
         files["entry_offsets.bin"].write(np.zeros(1, OFFSET_DTYPE).tobytes())
-        entries = iter_entries(data_path)
         while chunk := list(islice(entries, CHUNK_ENTRIES)):
             table = tokenize(chunk, tokenizer)
             lines = [orjson.dumps(entry) + b"\n" for entry in chunk]
