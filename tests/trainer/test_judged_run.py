@@ -5,14 +5,16 @@ at the end never failing the run."""
 from __future__ import annotations
 
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import orjson
 import pytest
 
 from testkit.fake_ollama import FakeOllama
-from tests.trainer.launcher import DATA, REPO, TINY, events, free_port, of_type, start, wait, wait_for
+from tests.trainer.launcher import DATA, REPO, TINY, events, free_port, kill_group, of_type, start, wait, wait_for
 from trainer.reporting.metrics import read_events
 
 pytestmark = pytest.mark.slow
@@ -157,3 +159,37 @@ def test_a_judged_run_against_a_real_openai_compatible_server(tmp_path, short_ll
         counts = summary["keys"][key]
         assert counts["total"] == 2 and counts["failed"] == 0 and counts["scored"] + counts["unparseable"] == 2
     assert end["tuned_minus_base"]["n"] == summary["paired"][0]["n"]
+
+
+def test_judge_follow_by_hand_scores_a_run_that_is_killed(tmp_path, no_leftovers):
+    """`python -m judge follow`, started by hand beside a run (no --judge-url): it scores each
+    judged evaluation as it appears; the run killed (kill -9, no run_end), it exits once the run
+    has stalled for --stall-after with every file scored."""
+    judge = FakeOllama(slots=4, latency_s=0.005).start_in_thread()
+    out = tmp_path / "run"
+
+    def scored() -> list:
+        return sorted((out / "evals").glob("step-*.scored.summary.json"))
+
+    try:
+        proc = start([*TINY, "--max-steps", "500", "--eval-every", "0", "--max-new-tokens", "4",
+                      "--judge-samples", "3", "--judge-every", "3", "--out", str(out)])
+        wait_for(lambda: (out / "metrics.jsonl").exists(), 240, "the run directory")  # follow needs one
+        follower = subprocess.Popen([sys.executable, "-m", "judge", "follow", str(out), "--url", judge.url,
+                                     "--interval", "0.2", "--stall-after", "5", "--quiet"],
+                                    cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            wait_for(lambda: len(scored()) >= 2, 240, "two judged evaluations scored while the run trains")
+        finally:
+            kill_group(proc, signal.SIGKILL)
+        proc.communicate()
+        killed = time.monotonic()
+        _, err = follower.communicate(timeout=90)
+    finally:
+        judge.stop_thread()
+    assert follower.returncode == 0, err
+    assert time.monotonic() - killed < 60
+    written = sorted(p.name.removesuffix(".json") for p in (out / "evals").glob("step-*.json")
+                     if p.name.count(".") == 1)
+    assert len(written) >= 2 and [p.name for p in scored()] == [f"{w}.scored.summary.json" for w in written]
+    assert "run_end" not in {e["type"] for e in read_events(out / "metrics.jsonl")}
