@@ -98,11 +98,14 @@ def test_input_warnings_are_alerts_at_the_last_finished_step(tmp_path):
     ({"precision": "bf16"}, {"bf16": {"enabled": False}, "fp16": {"enabled": True}}, ["bf16.enabled", "fp16.enabled"]),
     ({"zero_stage": 3, "precision": "bf16"}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, []),
     ({"zero_stage": 1, "precision": "fp32"}, {"zero_optimization": {"stage": "auto"}, "bf16": {"enabled": "auto"}}, []),
-    ({}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, []),  # no flag: the file's values stand
+    # No flag: the file's stage stands; --precision auto picks fp32 on this CPU, replacing its bf16.
+    ({}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": True}}, ["bf16.enabled"]),
+    ({}, {"zero_optimization": {"stage": 3}, "bf16": {"enabled": False}}, []),
 ])
 def test_zero_stage_and_precision_flags_warn_where_they_override_the_ds_config(tmp_path, flags, user, expected):
-    """--zero-stage, and a --precision other than auto, that replace a concrete value of the
-    DeepSpeed config are `warning` alerts too ("auto", or the same value, overrides nothing)."""
+    """--zero-stage, and the run's precision (given, or picked by --precision auto), that replace
+    a concrete value of the DeepSpeed config are `warning` alerts too ("auto", or the same value,
+    overrides nothing)."""
     from types import SimpleNamespace
 
     from trainer.lifecycle.pipeline import warn_about_inputs

@@ -159,14 +159,11 @@ def build_ds_config(
 
 
 def overridden_by_flags(user: dict, config: TrainConfig, precision: str) -> list[str]:
-    """The keys of `user` whose concrete values --zero-stage, or a --precision other than auto,
-    replace (without --zero-stage the file's stage stands; --precision auto picks by the hardware)."""
-    given = {}
-    if config.zero_stage is not None:
-        given["zero_optimization.stage"] = config.zero_stage
-    if config.precision != "auto":
-        given["bf16.enabled"] = precision == "bf16"
-        given["fp16.enabled"] = precision == "fp16"
+    """The keys of `user` whose concrete values --zero-stage and the run's precision replace
+    (without --zero-stage the file's stage stands; the precision, given or picked by --precision
+    auto for the hardware, always decides bf16 and fp16)."""
+    given = {"zero_optimization.stage": config.zero_stage} if config.zero_stage is not None else {}
+    given |= {"bf16.enabled": precision == "bf16", "fp16.enabled": precision == "fp16"}
     found = []
     for key, value in given.items():
         section, name = key.split(".")
