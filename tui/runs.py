@@ -117,7 +117,7 @@ def summarize_run(run_dir: Path, now: float, thresholds: Thresholds) -> RunSumma
             f.seek(max(0, size - TAIL_BYTES))
             tail = f.read()
     except FileNotFoundError:
-        return None
+        return summarize_unstarted(run_dir, now, thresholds)
     head_events = []
     if size > TAIL_BYTES:
         tail = tail[tail.find(b"\n") + 1 :]  # the tail's first line is cut
@@ -132,6 +132,22 @@ def summarize_run(run_dir: Path, now: float, thresholds: Thresholds) -> RunSumma
     if (run_dir / name).is_file():
         state.judge = {name: read_judge_summary(run_dir / name)}
     return RunSummary.of(run_dir, state, now, last_write=mtime)
+
+
+def summarize_unstarted(run_dir: Path, now: float, thresholds: Thresholds) -> RunSummary | None:
+    """A run without metrics.jsonl (planning, or killed while planning), dated by the newest of
+    config.json and its heartbeat files as the dashboard dates it; None when it has none."""
+    dates = []
+    for path in [run_dir / "config.json", *run_dir.glob("ranks/rank-*.jsonl")]:
+        try:
+            dates.append(path.stat().st_mtime)
+        except OSError:
+            continue
+    if not dates:
+        return None
+    state = RunState(thresholds)
+    state.last_news = max(dates)
+    return RunSummary.of(run_dir, state, now, last_write=max(dates))
 
 
 def list_runs(root: Path, now: float, thresholds: Thresholds) -> list[RunSummary]:

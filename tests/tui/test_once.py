@@ -202,3 +202,19 @@ def test_once_lists_runs_with_quality(tmp_path):
         ["run-b", "gpt2-medium", "completed", "60/60", "0.612", "54.0±5.0", "+14.0±4.0", "33", "s"],
         ["run-a", "gpt2-medium", "completed", "60/60", "0.652", "50.0±5.0", "+10.0±4.0", "33", "s"],
     ]
+
+
+def test_once_lists_a_run_killed_while_planning_as_stalled(tmp_path):
+    """A run directory without metrics.jsonl (killed while planning) is in the runs list too,
+    dated by the newest of its files as the dashboard dates it."""
+    runs = tmp_path / "runs"
+    for name, age in (("20261125-090000-tiny", 3 * 3600), ("20261125-100000-tiny", 10)):
+        writer = RunWriter(runs / name)
+        writer.config()
+        writer.heartbeat(0, 0, "tokenize")
+        for path in (writer.run_dir / "config.json", writer.rank_file(0)):
+            os.utime(path, (time.time() - age, time.time() - age))
+    result = once(runs)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split()[:4] for line in result.stdout.splitlines()[1:]]
+    assert rows == [["20261125-100000-tiny", "?", "waiting", "0/?"], ["20261125-090000-tiny", "?", "stalled", "0/?"]]
