@@ -341,13 +341,18 @@ class FakeOllama:
         body = orjson.loads(await request.read())
         if body["model"] not in ("llama3", "llama3:latest"):
             return web.json_response({"error": f"model '{body['model']}' not found"}, status=404)
+        return await self._serve(request, body, self._chat_reply)
+
+    async def _serve(self, request: web.Request, body: dict, reply) -> web.StreamResponse:
+        """Admit the request (or answer with its injected fault), then `reply(request, body,
+        prompt, fault)` while it counts as in flight: both protocols' requests go through here."""
         admitted = await self._admit(request, body)
         if isinstance(admitted, web.StreamResponse):
             return admitted
         prompt, fault = admitted
         self._track(+1)
         try:
-            return await self._chat_reply(request, body, prompt, fault)
+            return await reply(request, body, prompt, fault)
         finally:
             self._track(-1)
 
@@ -446,40 +451,35 @@ class FakeOllama:
             return web.json_response(
                 {"error": {"message": f"model '{body['model']}' not found", "type": "api_error"}}, status=404
             )
-        admitted = await self._admit(request, body)
-        if isinstance(admitted, web.StreamResponse):
-            return admitted
-        prompt, fault = admitted
-        self._track(+1)
-        try:
-            structured = (body.get("response_format") or {}).get("type") in ("json_schema", "json_object")
-            content, has_score = self._reply(prompt, fault, structured)
-            await self._serve_slot()
-            if fault == "drop":
-                request.transport.abort()
-                return web.Response()
-            message = {"role": "assistant", "content": 42 if fault == "content_not_string" else content}
-            reply = {
-                "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
-                "model": "llama3", "system_fingerprint": "fp_ollama",
-                "choices": [{"index": 0, "message": content if fault == "message_not_object" else message,
-                             "finish_reason": "stop"}],
-                "usage": {"prompt_tokens": prompt_tokens(prompt), "completion_tokens": len(content),
-                          "total_tokens": prompt_tokens(prompt) + len(content)},
-            }
-            if fault == "error_line":
-                reply = {"error": {"message": MID_STREAM_ERROR, "type": "api_error"}}
-            data = orjson.dumps([reply] if fault == "list_chunk" else reply)
-            if fault in ("malformed", "truncated_json"):
-                data = data[: len(data) // 2]
-            if fault in ("trickle", "long_garbage"):
-                response = web.StreamResponse(headers={"Content-Type": "application/json"})
-                await response.prepare(request)
-                return await self._endless_or_long(request, response, fault)
-            self._finished(request, prompt, fault, has_score)
-            return web.Response(body=data, content_type="application/json")
-        finally:
-            self._track(-1)
+        return await self._serve(request, body, self._v1_chat_reply)
+
+    async def _v1_chat_reply(self, request, body, prompt, fault) -> web.StreamResponse:
+        structured = (body.get("response_format") or {}).get("type") in ("json_schema", "json_object")
+        content, has_score = self._reply(prompt, fault, structured)
+        await self._serve_slot()
+        if fault == "drop":
+            request.transport.abort()
+            return web.Response()
+        message = {"role": "assistant", "content": 42 if fault == "content_not_string" else content}
+        reply = {
+            "id": "chatcmpl-1", "object": "chat.completion", "created": int(time.time()),
+            "model": "llama3", "system_fingerprint": "fp_ollama",
+            "choices": [{"index": 0, "message": content if fault == "message_not_object" else message,
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens(prompt), "completion_tokens": len(content),
+                      "total_tokens": prompt_tokens(prompt) + len(content)},
+        }
+        if fault == "error_line":
+            reply = {"error": {"message": MID_STREAM_ERROR, "type": "api_error"}}
+        data = orjson.dumps([reply] if fault == "list_chunk" else reply)
+        if fault in ("malformed", "truncated_json"):
+            data = data[: len(data) // 2]
+        if fault in ("trickle", "long_garbage"):
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            return await self._endless_or_long(request, response, fault)
+        self._finished(request, prompt, fault, has_score)
+        return web.Response(body=data, content_type="application/json")
 
 
 async def _serve_until_cancelled(server: FakeOllama, port_file: Path | None) -> None:
