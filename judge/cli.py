@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="check that a server answers and serves the judge model, then exit")
     check.add_argument("--model", default="llama3", help="judge model (default: llama3)")
-    check.add_argument("--url", default="http://localhost:11434", help="server URL (default: http://localhost:11434)")
+    check.add_argument("--url", default=DEFAULT_URL, help=f"server URL (default: {DEFAULT_URL})")
     check.add_argument("--api", choices=("ollama", "openai"), default="ollama")
     check.add_argument("--api-key-env", metavar="NAME", help="environment variable holding the API key")
     return parser
@@ -135,7 +135,7 @@ def check_server(args: argparse.Namespace) -> int:
     except CheckError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"ok: {info.model} (digest {info.digest}) at {server.shown_url}")
+    print(f"ok: {info.model} (digest {info.short_digest}) at {server.shown_url}")
     return 0
 
 

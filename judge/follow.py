@@ -86,11 +86,15 @@ def follow(run_dir: Path, score: Callable[[Path], None], watch: RunWatch, interv
     files still not scored then (their entries failed, or the server was down: a rerun retries)."""
     while True:
         ended = watch.ended()  # first: a file written just before run_end is scored before leaving
+        scored = set()
         for path in eval_files(run_dir):
-            if not is_scored(path):
-                say(f"scoring {path.relative_to(run_dir)}")
-                score(path)
-        unscored = [path for path in eval_files(run_dir) if not is_scored(path)]
+            if is_scored(path):
+                scored.add(path)
+                continue
+            say(f"scoring {path.relative_to(run_dir)}")
+            score(path)
+        # Listed again: a file that appeared meanwhile is not scored yet.
+        unscored = [path for path in eval_files(run_dir) if path not in scored and not is_scored(path)]
         if ended:
             return unscored
         time.sleep(interval_s)

@@ -200,3 +200,12 @@ def test_several_servers_on_the_command_line(tmp_path, fake_ollama):
                                 "--concurrency", "1", "--concurrency", "2", "--concurrency", "3"))
     assert code == 1 and err.strip() == (
         "error: --concurrency given 3 times for 2 --url: give it once, or once per --url")
+
+
+def test_check_names_the_model_and_its_short_digest(fake_ollama):
+    """`python -m judge check`: one line, the digest as `ollama list` and the summary show it."""
+    server = fake_ollama(slots=1, latency_s=0.0)
+    done = subprocess.run([sys.executable, "-m", "judge", "check", "--url", server.url], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"ok: llama3:latest (digest {server.digest[:12]}) at {server.url}\n"
