@@ -157,5 +157,10 @@ def read_entries(
     """
     entries = list(iter_entries(path, required, optional))
     if not entries:
-        raise EntryError(f"{path}: holds no entries")
+        raise no_entries(path)
     return entries
+
+
+def no_entries(path: str | Path) -> EntryError:
+    """The one-line error for an instruction file with no entry (a stream found empty at its end)."""
+    return EntryError(f"{path}: holds no entries")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from instruct import EntryError, is_json_list, iter_entries, read_entries
+from instruct import EntryError, is_json_list, iter_entries, no_entries, read_entries
 
 CHANGED = "changed while it was being scored; run again"
 
@@ -36,6 +36,6 @@ class Entries:
             count += 1
             yield entry
         if count == 0:
-            raise EntryError(f"{self.path}: holds no entries")
+            raise no_entries(self.path)
         if self._stat() != self._version:  # each pass must read the same entries
             raise EntryError(f"{self.path}: {CHANGED}")

@@ -38,7 +38,6 @@ from pathlib import Path
 import torch
 
 from instruct import atomic_write_json
-from trainer.gpt2.fetch import sha256_file
 from trainer.gpt2.model import shape
 from trainer.gpt2.precision import resolve_precision
 from trainer.lifecycle import checkpoint, resume, signals
@@ -290,7 +289,7 @@ def place_run(config: TrainConfig, dist_info, plan: RunPlan) -> tuple[RunPlace, 
 
     def claim() -> RunPlace:
         if config.resume:
-            point = resume.find(config.out, plan.model.config, plan.data.path, config.global_batch)
+            point = resume.find(config.out, plan.model.config, plan.data.cache.data_sha256, config.global_batch)
             place = RunPlace(point.run_dir, point, point.tag)
         else:
             place = RunPlace(create_run_dir(config.out, plan.name), None, None)
@@ -351,7 +350,7 @@ def provenance(config: TrainConfig, plan: RunPlan) -> dict:
     tokenizer_dir = config.tokenizer_dir or os.environ.get("GPT2_TOKENIZER_DIR")
     info, path = plan.weights_info, plan.data.path
     return {
-        "data": {"source": config.data, "path": str(path), "sha256": sha256_file(path)},
+        "data": {"source": config.data, "path": str(path), "sha256": plan.data.cache.data_sha256},
         "tokenizer": tokenizer_files_sha256(tokenizer_dir) if tokenizer_dir else {"tiktoken": "gpt2"},
         "weights": {"source": info.source, "format": info.format, "sha256": info.sha256},
         "git_commit": git_commit(),

@@ -16,7 +16,6 @@ import orjson
 
 from trainer.lifecycle import checkpoint
 from trainer.lifecycle.rundir import held_by_another
-from trainer.gpt2.fetch import sha256_file
 from trainer.gpt2.model import GPTConfig, model_name, shape
 from trainer.gpt2.weights import describe, read_architecture
 from trainer.reporting.metrics import read_events
@@ -70,7 +69,7 @@ def newest_unfinished(runs_root: Path) -> Path:
     return max(candidates, key=lambda p: p.stat().st_mtime).parent
 
 
-def find(out: str | None, model: GPTConfig, data_path: Path, global_batch: int) -> ResumePoint:
+def find(out: str | None, model: GPTConfig, data_sha256: str, global_batch: int) -> ResumePoint:
     run_dir = Path(out) if out else newest_unfinished(Path("runs"))
     recorded = recorded_run(run_dir)
     trained = read_architecture(run_dir / "config.json", dropout=0.0, tied=True)
@@ -78,7 +77,7 @@ def find(out: str | None, model: GPTConfig, data_path: Path, global_batch: int) 
         raise ValueError(f"{run_dir}: cannot resume with another model: the run trains {model_name(trained)} "
                          f"({describe(trained)}), now {model_name(model)} ({describe(model)})")
     then = {"--data (sha256)": recorded["provenance"]["data"]["sha256"], "--global-batch": recorded["config"]["global_batch"]}
-    now = {"--data (sha256)": sha256_file(data_path), "--global-batch": global_batch}
+    now = {"--data (sha256)": data_sha256, "--global-batch": global_batch}
     for what in then:
         if then[what] != now[what]:
             raise ValueError(

@@ -111,11 +111,12 @@ class RunLifecycle:
             if self._ended or self._writer is None:
                 return
             self._ended = True
-            self.log.event(RunEnd(
-                status=status, error=error, step=self.progress.step, tokens_total=self.progress.tokens_total,
-                elapsed_s=time.time() - self.log.started,
-                final_val_loss=self.final_val_loss if status == "completed" else None,
-            ))
+            self.log.event(self._run_end(status, error))
+
+    def _run_end(self, status: str, error: str | None) -> RunEnd:
+        return RunEnd(status=status, error=error, step=self.progress.step, tokens_total=self.progress.tokens_total,
+                      elapsed_s=time.time() - self.log.started,
+                      final_val_loss=self.final_val_loss if status == "completed" else None)
 
     def _forced_stop(self) -> None:
         """Asked to stop twice (in the signal handler; the process exits next): run_end `interrupted`
@@ -129,11 +130,8 @@ class RunLifecycle:
             self._ended = True
             error = (f"stopped by {self.stop.name} twice at step {self.progress.step}: no checkpoint of this step; "
                      "resume with --resume from the last one")
-            end = RunEnd(status="interrupted", error=error, step=self.progress.step,
-                         tokens_total=self.progress.tokens_total, elapsed_s=time.time() - self.log.started,
-                         final_val_loss=None)
             with open(self._writer.path, "ab") as f:
-                f.write(orjson.dumps(end.record()) + b"\n")
+                f.write(orjson.dumps(self._run_end("interrupted", error).record()) + b"\n")
         finally:
             self._end_lock.release()
 

@@ -135,16 +135,16 @@ def build_ds_config(
     }
     overridden = [key for key in DS_KEYS_OWNED_BY_CONFIG
                   if key in ds and ds[key] != "auto" and ds[key] != owned.get(key)]
-    overridden += overridden_by_flags(user, config, precision)
     for key in ("optimizer", "scheduler"):  # the client optimizer and schedule: build_engine
         ds.pop(key, None)
     ds.update(owned)
+    for key, value in decided_by_flags(config, precision).items():
+        section, name = key.split(".")
+        if user.get(section, {}).get(name, "auto") not in ("auto", value):
+            overridden.append(key)
+        ds[section] = {**ds.get(section, {}), name: value}
     zero = ds.setdefault("zero_optimization", {})
-    if config.zero_stage is not None:
-        zero["stage"] = config.zero_stage
     zero.setdefault("stage", 2)
-    ds["bf16"] = {**ds.get("bf16", {}), "enabled": precision == "bf16"}
-    ds["fp16"] = {**ds.get("fp16", {}), "enabled": precision == "fp16"}
     if precision != "bf16" or zero["stage"] == 0:
         # fp32 gradient accumulation is a ZeRO option for bf16 weights; without ZeRO, DeepSpeed
         # refuses the mix and keeps bf16 gradients with fp32 master weights (its FP16_Optimizer).
@@ -158,19 +158,12 @@ def build_ds_config(
     return ds, overridden
 
 
-def overridden_by_flags(user: dict, config: TrainConfig, precision: str) -> list[str]:
-    """The keys of `user` whose concrete values --zero-stage and the run's precision replace
-    (without --zero-stage the file's stage stands; the precision, given or picked by --precision
-    auto for the hardware, always decides bf16 and fp16)."""
-    given = {"zero_optimization.stage": config.zero_stage} if config.zero_stage is not None else {}
-    given |= {"bf16.enabled": precision == "bf16", "fp16.enabled": precision == "fp16"}
-    found = []
-    for key, value in given.items():
-        section, name = key.split(".")
-        concrete = user.get(section, {}).get(name, "auto")
-        if concrete != "auto" and concrete != value:
-            found.append(key)
-    return found
+def decided_by_flags(config: TrainConfig, precision: str) -> dict:
+    """The sections' settings the run's flags decide, by dotted key: the ZeRO stage with
+    --zero-stage (without it the file's stands), and bf16/fp16 from the run's precision (given,
+    or picked by --precision auto for the hardware)."""
+    decided = {"zero_optimization.stage": config.zero_stage} if config.zero_stage is not None else {}
+    return decided | {"bf16.enabled": precision == "bf16", "fp16.enabled": precision == "fp16"}
 
 
 def lr_lambda(schedule: str, warmup_steps: int, total_steps: int):

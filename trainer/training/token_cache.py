@@ -45,7 +45,7 @@ import orjson
 import psutil
 import tiktoken
 
-from instruct import EntryError, format_prompt, is_json_list, iter_entries, unreadable
+from instruct import format_prompt, is_json_list, iter_entries, no_entries, read_entries, unreadable
 from trainer.gpt2.fetch import cache_dir, sha256_file
 from trainer.training.data import TOKEN_DTYPE, tokenize
 
@@ -107,6 +107,12 @@ class TokenCache:
         key = hashlib.sha256(orjson.dumps(key_inputs, option=orjson.OPT_SORT_KEYS)).hexdigest()
         return cls(tokens_dir() / key, key_inputs)
 
+    @property
+    def data_sha256(self) -> str:
+        """The data file's sha256, hashed once when the run looked its cache up (the run's
+        provenance and a resume's check use it too)."""
+        return self.key_inputs["data_sha256"]
+
     def manifest(self) -> dict | None:
         """The manifest of the complete cache; None when there is none. A folder that is there but
         damaged (a file missing or of the wrong size) is an error naming it: delete it to rebuild."""
@@ -137,7 +143,7 @@ class TokenCache:
             building.mkdir()
             entries = iter(checked) if checked is not None else iter_entries(data_path)
             counts = write_files(building, data_path.name, entries, tokenizer, expected_entries, between_chunks)
-            if sha256_file(data_path) != self.key_inputs["data_sha256"]:
+            if sha256_file(data_path) != self.data_sha256:
                 raise ValueError(f"{data_path}: changed while it was being tokenized; start again")
             seconds = time.perf_counter() - started
             manifest = {"key_inputs": self.key_inputs, **counts, "source": str(data_path),
@@ -206,11 +212,13 @@ def look_up(data_path: Path, tokenizer: tiktoken.Encoding) -> tuple[TokenCache, 
     manifest = cache.manifest()
     if manifest is not None:
         return cache, manifest["entries"], True, None
-    checked = list(iter_entries(data_path)) if is_json_list(data_path) else None
-    count = len(checked) if checked is not None else sum(1 for _ in iter_entries(data_path))
+    if is_json_list(data_path):
+        checked = read_entries(data_path)
+        return cache, len(checked), False, checked
+    count = sum(1 for _ in iter_entries(data_path))
     if not count:
-        raise EntryError(f"{data_path}: holds no entries")
-    return cache, count, False, checked
+        raise no_entries(data_path)
+    return cache, count, False, None
 
 
 def describe(cache: TokenCache, found: bool) -> str:
